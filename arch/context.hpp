@@ -1,0 +1,215 @@
+// Execution contexts: the one C++ interface to arch/<isa>/switch.S.
+//
+// A context is a stack pointer plus the bounds of its stack. make_context
+// prepares a fresh stack so that the first switch to it calls entry(arg,
+// transfer) through urge_context_start; switch_context saves the callee-saved
+// state of the current context and resumes another. Nothing here knows a
+// goroutine: the runtime builds Gs on top of this.
+//
+// Sanitizers and Valgrind must be told about every switch, or they report
+// false errors (ASan's stack bookkeeping, TSan's happens-before per thread).
+// switch_context does that when the build has them, and compiles to the bare
+// assembly call otherwise. Valgrind stack registration lives with the stacks
+// (platform/stack.cpp) because it is about memory, not switching.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "arch/switch_frame.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define URGE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define URGE_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define URGE_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define URGE_TSAN 1
+#endif
+#endif
+
+#if URGE_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if URGE_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+extern "C" {
+// arch/<isa>/switch.S. Stores the current stack pointer (pointing at a switch
+// frame) into *save_sp, resumes load_sp, and returns there with `transfer`.
+void* urge_context_switch(void** save_sp, void* load_sp, void* transfer);
+// The first-entry trampoline; see switch.S.
+void urge_context_start();
+}
+
+namespace urge::arch {
+
+// entry(arg, transfer): arg as given to make_context, transfer as given to the
+// switch that first resumed the context. It must never return.
+using entry_fn = void (*)(void* arg, void* transfer);
+
+// The switch frame as C++ sees it; the assembly uses the offsets in
+// switch_frame.h, and the static_asserts below keep the two in step.
+#if defined(__x86_64__)
+struct switch_frame {
+  std::uint32_t mxcsr;
+  std::uint16_t x87cw;
+  std::uint16_t pad;
+  std::uint64_t r15, r14, r13, r12, rbx, rbp;
+  std::uint64_t rip;
+};
+static_assert(offsetof(switch_frame, mxcsr) == URGE_FRAME_MXCSR);
+static_assert(offsetof(switch_frame, x87cw) == URGE_FRAME_X87CW);
+static_assert(offsetof(switch_frame, r15) == URGE_FRAME_R15);
+static_assert(offsetof(switch_frame, r14) == URGE_FRAME_R14);
+static_assert(offsetof(switch_frame, r13) == URGE_FRAME_R13);
+static_assert(offsetof(switch_frame, r12) == URGE_FRAME_R12);
+static_assert(offsetof(switch_frame, rbx) == URGE_FRAME_RBX);
+static_assert(offsetof(switch_frame, rbp) == URGE_FRAME_RBP);
+static_assert(offsetof(switch_frame, rip) == URGE_FRAME_RIP);
+#elif defined(__aarch64__)
+struct switch_frame {
+  std::uint64_t d[8];    // d8..d15
+  std::uint64_t x[10];   // x19..x28
+  std::uint64_t x29;     // frame pointer
+  std::uint64_t x30;     // link register: where the switch returns
+  std::uint64_t fpcr;
+  std::uint64_t pad;
+};
+static_assert(offsetof(switch_frame, d) == URGE_FRAME_D8);
+static_assert(offsetof(switch_frame, x) == URGE_FRAME_X19);
+static_assert(offsetof(switch_frame, x) + 8 == URGE_FRAME_X20);
+static_assert(offsetof(switch_frame, x29) == URGE_FRAME_X29);
+static_assert(offsetof(switch_frame, x30) == URGE_FRAME_X30);
+static_assert(offsetof(switch_frame, fpcr) == URGE_FRAME_FPCR);
+#endif
+static_assert(sizeof(switch_frame) == URGE_FRAME_SIZE);
+static_assert(sizeof(switch_frame) % 16 == 0);
+
+struct context {
+  void* sp = nullptr;            // saved stack pointer while not running; owned by whoever switches
+  void* stack_lo = nullptr;      // lowest address of the stack, for sanitizers and tracebacks
+  std::size_t stack_size = 0;
+#if URGE_ASAN
+  void* asan_fake_stack = nullptr;  // ASan's per-context fake stack handle
+#endif
+#if URGE_TSAN
+  void* tsan_fiber = nullptr;
+  bool tsan_owned = false;  // created by make_context (destroy it), or the thread's own
+#endif
+};
+
+// The floating-point control state a new context starts with: the creator's,
+// as a new thread inherits its creator's floating-point environment.
+inline void capture_fp_control(switch_frame& f) {
+#if defined(__x86_64__)
+  std::uint32_t mxcsr;
+  std::uint16_t cw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(cw));
+  f.mxcsr = mxcsr & 0xffc0;  // control bits only; the sticky exception flags start clear
+  f.x87cw = cw;
+#else
+  std::uint64_t fpcr;
+  asm volatile("mrs %0, fpcr" : "=r"(fpcr));
+  f.fpcr = fpcr;
+#endif
+}
+
+// Prepares a context that runs entry(arg, transfer) on [lo, lo + size) when
+// first switched to. The stack's top holds one switch frame and a zero word.
+inline void make_context(context& c, void* lo, std::size_t size, entry_fn entry, void* arg) {
+  auto top = (reinterpret_cast<std::uintptr_t>(lo) + size) & ~std::uintptr_t{15};
+  // Two zero words above the frame: the fake return address and frame record
+  // the unwinders stop at, and padding that keeps the frame 16-byte aligned.
+  auto* zero = reinterpret_cast<std::uint64_t*>(top - 16);
+  zero[0] = zero[1] = 0;
+  auto* f = reinterpret_cast<switch_frame*>(top - 16 - sizeof(switch_frame));
+  *f = switch_frame{};
+  capture_fp_control(*f);
+#if defined(__x86_64__)
+  f->r12 = reinterpret_cast<std::uint64_t>(entry);
+  f->r13 = reinterpret_cast<std::uint64_t>(arg);
+  f->rbp = 0;
+  f->rip = reinterpret_cast<std::uint64_t>(&urge_context_start);
+#else
+  f->x[0] = reinterpret_cast<std::uint64_t>(entry);
+  f->x[1] = reinterpret_cast<std::uint64_t>(arg);
+  f->x29 = 0;
+  f->x30 = reinterpret_cast<std::uint64_t>(&urge_context_start);
+#endif
+  c.sp = f;
+  c.stack_lo = lo;
+  c.stack_size = size;
+#if URGE_ASAN
+  c.asan_fake_stack = nullptr;
+#endif
+#if URGE_TSAN
+  if (!c.tsan_owned) {
+    c.tsan_fiber = __tsan_create_fiber(0);
+    c.tsan_owned = true;
+  }
+#endif
+}
+
+// Describes the calling thread's own stack as a context (the scheduler's g0),
+// so that switching back to it keeps the sanitizers informed. Defined in
+// arch/context.cpp.
+void init_thread_context(context& c);
+
+// Releases what make_context acquired for sanitizers. Never on the running context.
+inline void destroy_context(context& c) {
+#if URGE_TSAN
+  if (c.tsan_owned && c.tsan_fiber) __tsan_destroy_fiber(c.tsan_fiber);
+  c.tsan_fiber = nullptr;
+  c.tsan_owned = false;
+#endif
+  c.sp = nullptr;
+  (void)c;
+}
+
+// Called first thing by every entry function: completes the sanitizer half of
+// the switch that started the context.
+inline void context_started() {
+#if URGE_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+}
+
+// Suspends `from` and resumes `to`; returns the transfer value of the switch
+// that later resumes `from`.
+inline void* switch_context(context& from, context& to, void* transfer) {
+#if URGE_ASAN
+  __sanitizer_start_switch_fiber(&from.asan_fake_stack, to.stack_lo, to.stack_size);
+#endif
+#if URGE_TSAN
+  __tsan_switch_to_fiber(to.tsan_fiber, 0);
+#endif
+  void* r = urge_context_switch(&from.sp, to.sp, transfer);
+#if URGE_ASAN
+  __sanitizer_finish_switch_fiber(from.asan_fake_stack, nullptr, nullptr);
+#endif
+  return r;
+}
+
+// Leaves `from` for good (its stack is about to be reused or freed): ASan drops
+// the context's fake stack instead of keeping it for a resumption.
+[[noreturn]] inline void exit_to_context(context& from, context& to, void* transfer) {
+#if URGE_ASAN
+  __sanitizer_start_switch_fiber(nullptr, to.stack_lo, to.stack_size);
+#endif
+#if URGE_TSAN
+  __tsan_switch_to_fiber(to.tsan_fiber, 0);
+#endif
+  urge_context_switch(&from.sp, to.sp, transfer);
+  __builtin_trap();
+}
+
+}  // namespace urge::arch
