@@ -126,6 +126,11 @@ inline void capture_fp_control(switch_frame& f) {
 // Prepares a context that runs entry(arg, transfer) on [lo, lo + size) when
 // first switched to. The stack's top holds one switch frame and a zero word.
 inline void make_context(context& c, void* lo, std::size_t size, entry_fn entry, void* arg) {
+#if URGE_ASAN
+  // A reused stack still carries the redzones of the frames its last context
+  // abandoned; clear them or ASan reports the new context's own locals.
+  __asan_unpoison_memory_region(lo, size);
+#endif
   auto top = (reinterpret_cast<std::uintptr_t>(lo) + size) & ~std::uintptr_t{15};
   // Two zero words above the frame: the fake return address and frame record
   // the unwinders stop at, and padding that keeps the frame 16-byte aligned.
