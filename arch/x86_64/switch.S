@@ -69,7 +69,13 @@ urge_context_switch:
         .cfi_adjust_cfa_offset -8
         .cfi_restore %rbp
         movq    %rdx, %rax                /* the transfer value is the return value */
-        ret                               /* to the new context's saved rip */
+        /* Return with pop + indirect jump, not ret: the return-stack predictor
+         * expects a return to our caller, and after a switch it never is, so
+         * ret mispredicts every time (measured: 22 ns vs 11 ns a round trip). */
+        popq    %rcx                      /* the new context's saved rip; rcx is caller-saved */
+        .cfi_adjust_cfa_offset -8
+        .cfi_register %rip, %rcx
+        jmpq    *%rcx
         .cfi_endproc
         .size   urge_context_switch, .-urge_context_switch
 

@@ -1,0 +1,3 @@
+module urgepeers
+
+go 1.19

@@ -1,0 +1,389 @@
+// Command peer is the Go reference side of urge's peer benchmarks.
+//
+// Usage: peer CASE PROCS [N]
+//
+// It sets runtime.GOMAXPROCS(PROCS), runs one workload and prints lines
+//
+//	RESULT <case> <procs> <metric> <value> <unit>
+//
+// bench/peers/urge_peer.cpp is the same program written against urge; keep the
+// two in step (same cases, defaults, metrics and checks).
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+var (
+	caseName string
+	procs    int
+)
+
+func result(metric string, value float64, unit string) {
+	fmt.Printf("RESULT %s %d %s %.6g %s\n", caseName, procs, metric, value, unit)
+}
+
+func fail(format string, a ...interface{}) {
+	fmt.Fprintf(os.Stderr, "peer %s: "+format+"\n", append([]interface{}{caseName}, a...)...)
+	os.Exit(1)
+}
+
+func nsPer(d time.Duration, n int64) float64 {
+	return float64(d.Nanoseconds()) / float64(n)
+}
+
+// ---------------------------------------------------------------- yield
+
+func benchYield(n int64) {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	wg.Add(2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			defer wg.Done()
+			<-start
+			for j := int64(0); j < n; j++ {
+				runtime.Gosched()
+			}
+		}()
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	result("ns_per_switch", nsPer(time.Since(t0), 2*n), "ns")
+}
+
+// ---------------------------------------------------------------- spawn
+
+func benchSpawn(n int64) {
+	var wg sync.WaitGroup
+	wg.Add(int(n))
+	t0 := time.Now()
+	for i := int64(0); i < n; i++ {
+		go func() { wg.Done() }()
+	}
+	wg.Wait()
+	result("ns_per_goroutine", nsPer(time.Since(t0), n), "ns")
+}
+
+// ---------------------------------------------------------------- skynet
+
+func skynet(out chan<- int64, num, size, div int64) {
+	if size == 1 {
+		out <- num
+		return
+	}
+	rc := make(chan int64, div)
+	size /= div
+	for i := int64(0); i < div; i++ {
+		go skynet(rc, num+i*size, size, div)
+	}
+	var sum int64
+	for i := int64(0); i < div; i++ {
+		sum += <-rc
+	}
+	out <- sum
+}
+
+// benchSkynet runs skynet with n leaves (n a power of 10; 1000000 is the
+// classic benchmark, whose sum is 499999500000).
+func benchSkynet(n int64) {
+	for m := n; m > 1; m /= 10 {
+		if m%10 != 0 {
+			fail("N must be a power of 10, got %d", n)
+		}
+	}
+	out := make(chan int64, 1)
+	t0 := time.Now()
+	go skynet(out, 0, n, 10)
+	sum := <-out
+	d := time.Since(t0)
+	if want := n * (n - 1) / 2; sum != want {
+		fail("wrong sum %d, want %d", sum, want)
+	}
+	result("ms_total", float64(d.Nanoseconds())/1e6, "ms")
+}
+
+// ---------------------------------------------------------------- parked
+
+func vmRSS() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		fail("open /proc/self/status: %v", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "VmRSS:") {
+			fields := strings.Fields(line[len("VmRSS:"):])
+			if len(fields) < 1 {
+				break
+			}
+			kb, err := strconv.ParseInt(fields[0], 10, 64)
+			if err != nil {
+				break
+			}
+			return kb * 1024
+		}
+	}
+	fail("no VmRSS line in /proc/self/status")
+	return 0
+}
+
+func benchParked(n int64) {
+	ch := make(chan struct{})
+	var ready, exited sync.WaitGroup
+	ready.Add(int(n))
+	exited.Add(int(n))
+	rss0 := vmRSS()
+	t0 := time.Now()
+	for i := int64(0); i < n; i++ {
+		go func() {
+			ready.Done()
+			<-ch
+			exited.Done()
+		}()
+	}
+	ready.Wait()
+	d := time.Since(t0)
+	rss1 := vmRSS()
+	result("create_ms", float64(d.Nanoseconds())/1e6, "ms")
+	result("rss_bytes_per_goroutine", float64(rss1-rss0)/float64(n), "B")
+	close(ch)
+	exited.Wait()
+}
+
+// ---------------------------------------------------------------- idle
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		fail("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func benchIdle(seconds int64) {
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); runtime.Gosched() }()
+	}
+	wg.Wait()
+	c0 := cpuTime()
+	t0 := time.Now()
+	time.Sleep(time.Duration(seconds) * time.Second)
+	wall := time.Since(t0)
+	c1 := cpuTime()
+	result("cpu_percent", float64(c1-c0)/float64(wall)*100, "%")
+}
+
+// ---------------------------------------------------------------- pingpong
+
+func benchPingpong(n int64) {
+	ping := make(chan int64)
+	pong := make(chan int64)
+	go func() {
+		for v := range ping {
+			pong <- v + 1
+		}
+		close(pong)
+	}()
+	t0 := time.Now()
+	var v int64
+	for i := int64(0); i < n; i++ {
+		ping <- v
+		v = <-pong
+	}
+	d := time.Since(t0)
+	close(ping)
+	if v != n {
+		fail("wrong final value %d, want %d", v, n)
+	}
+	result("ns_per_roundtrip", nsPer(d, n), "ns")
+}
+
+// ---------------------------------------------------------------- buffered
+
+func benchBuffered(n int64) {
+	const producers, consumers = 4, 4
+	ch := make(chan int64, 128)
+	var pwg, cwg sync.WaitGroup
+	// Per-consumer count, sum and sum of squares (mod 2^64): together they
+	// check that every item 0..n-1 arrived exactly once.
+	type tally struct {
+		k, s, q uint64
+		_       [40]byte // keep the consumers' tallies on separate cache lines
+	}
+	tallies := make([]tally, consumers)
+	t0 := time.Now()
+	for p := 0; p < producers; p++ {
+		pwg.Add(1)
+		go func(p int64) {
+			defer pwg.Done()
+			for v := p; v < n; v += producers {
+				ch <- v
+			}
+		}(int64(p))
+	}
+	for c := 0; c < consumers; c++ {
+		cwg.Add(1)
+		go func(c int) {
+			defer cwg.Done()
+			var k, s, q uint64
+			for v := range ch {
+				k++
+				s += uint64(v)
+				q += uint64(v) * uint64(v)
+			}
+			tallies[c].k, tallies[c].s, tallies[c].q = k, s, q
+		}(c)
+	}
+	pwg.Wait()
+	close(ch)
+	cwg.Wait()
+	d := time.Since(t0)
+	var k, s, q uint64
+	for c := range tallies {
+		k += tallies[c].k
+		s += tallies[c].s
+		q += tallies[c].q
+	}
+	var wantS, wantQ uint64
+	for v := uint64(0); v < uint64(n); v++ {
+		wantS += v
+		wantQ += v * v
+	}
+	if k != uint64(n) || s != wantS || q != wantQ {
+		fail("received %d items (sum %d, sum of squares %d), want %d (sum %d, sum of squares %d)",
+			k, s, q, n, wantS, wantQ)
+	}
+	result("ns_per_item", nsPer(d, n), "ns")
+}
+
+// ---------------------------------------------------------------- select2
+
+func benchSelect2(n int64) {
+	a := make(chan int64)
+	b := make(chan int64)
+	half := n / 2
+	go func() {
+		for i := int64(0); i < half; i++ {
+			a <- i
+		}
+	}()
+	go func() {
+		for i := int64(0); i < n-half; i++ {
+			b <- i
+		}
+	}()
+	t0 := time.Now()
+	var s, na, nb int64
+	for i := int64(0); i < n; i++ {
+		select {
+		case v := <-a:
+			s += v
+			na++
+		case v := <-b:
+			s += v
+			nb++
+		}
+	}
+	d := time.Since(t0)
+	want := half*(half-1)/2 + (n-half)*(n-half-1)/2
+	if na != half || nb != n-half || s != want {
+		fail("received %d from a, %d from b, sum %d; want %d, %d, sum %d", na, nb, s, half, n-half, want)
+	}
+	result("ns_per_select", nsPer(d, n), "ns")
+}
+
+// ---------------------------------------------------------------- mutex
+
+func benchMutex(n int64) {
+	const workers = 4
+	per := n / workers
+	var mu sync.Mutex
+	var counter int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int64(0); i < per; i++ {
+				mu.Lock()
+				counter++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(t0)
+	if counter != per*workers {
+		fail("counter %d, want %d", counter, per*workers)
+	}
+	result("ns_per_lockunlock", nsPer(d, per*workers), "ns")
+}
+
+// ---------------------------------------------------------------- main
+
+type benchCase struct {
+	run  func(int64)
+	defN int64
+}
+
+var cases = map[string]benchCase{
+	"yield":    {benchYield, 2000000},
+	"spawn":    {benchSpawn, 1000000},
+	"skynet":   {benchSkynet, 1000000},
+	"parked":   {benchParked, 1000000},
+	"idle":     {benchIdle, 5},
+	"pingpong": {benchPingpong, 1000000},
+	"buffered": {benchBuffered, 4000000},
+	"select2":  {benchSelect2, 2000000},
+	"mutex":    {benchMutex, 4000000},
+}
+
+var caseOrder = []string{"yield", "spawn", "skynet", "parked", "idle", "pingpong", "buffered", "select2", "mutex"}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "usage: peer CASE PROCS [N]\ncases: %s\n", strings.Join(caseOrder, " "))
+	os.Exit(2)
+}
+
+func main() {
+	if len(os.Args) < 3 || len(os.Args) > 4 {
+		usage()
+	}
+	caseName = os.Args[1]
+	c, ok := cases[caseName]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "peer: unknown case %q\n", caseName)
+		usage()
+	}
+	p, err := strconv.Atoi(os.Args[2])
+	if err != nil || p < 1 {
+		fmt.Fprintf(os.Stderr, "peer: bad PROCS %q\n", os.Args[2])
+		usage()
+	}
+	procs = p
+	n := c.defN
+	if len(os.Args) == 4 {
+		n, err = strconv.ParseInt(os.Args[3], 10, 64)
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "peer: bad N %q\n", os.Args[3])
+			usage()
+		}
+	}
+	runtime.GOMAXPROCS(procs)
+	c.run(n)
+}

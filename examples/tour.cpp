@@ -1,0 +1,186 @@
+// The urge tour: what the runtime is made of, shown one layer at a time.
+//
+// Each section is one function that prints a header, runs something small and
+// explains what just happened in plain words. To add a section, write it as the
+// next section_... function, give it the next header number and call it from
+// main. The whole tour must stay well under a second, so sections time fixed,
+// small workloads and never sleep.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "arch/context.hpp"
+#include "platform/stack.hpp"
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+void header(int number, const char* title) {
+  int n = std::printf("\n%d. %s\n", number, title);
+  // Underline the title: n counts the leading and trailing newlines too.
+  for (int i = 2; i < n; ++i) std::putchar('-');
+  std::putchar('\n');
+}
+
+double ns_since(clock_type::time_point start) {
+  return std::chrono::duration<double, std::nano>(clock_type::now() - start).count();
+}
+
+// 1234 -> 1200: a ratio between timings is not worth more than two digits.
+long two_digits(double x) {
+  if (x < 100) return std::lround(x);
+  double unit = std::pow(10.0, std::floor(std::log10(x)) - 1);
+  return std::lround(x / unit) * std::lround(unit);
+}
+
+// 1000000 -> "1,000,000": big counts are easier to read grouped.
+std::string grouped(long n) {
+  std::string digits = std::to_string(n), out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+// ---- 1. Context switching ----------------------------------------------------
+//
+// Two contexts, ping and pong, pass a counter back and forth. Neither is a
+// thread: each is a function running on its own stack from urge's pool, and
+// switch_context jumps from one stack to the other. main's own stack is a third
+// context, which pong returns to when the rally is over.
+
+struct rally {
+  urge::arch::context main, ping, pong;
+  long count = 0;  // ping adds one per visit
+  long until = 0;  // pong hands control back to main when count reaches this
+  bool show = false;
+};
+
+void ping_entry(void* arg, void*) {
+  urge::arch::context_started();
+  auto* r = static_cast<rally*>(arg);
+  for (;;) {
+    ++r->count;
+    if (r->show) std::printf("  ping %ld", r->count);
+    urge::arch::switch_context(r->ping, r->pong, nullptr);
+  }
+}
+
+void pong_entry(void* arg, void*) {
+  urge::arch::context_started();
+  auto* r = static_cast<rally*>(arg);
+  for (;;) {
+    if (r->show) std::printf("  ->  pong %ld\n", r->count);
+    // Either way pong stops here, and resumes here when next switched to.
+    urge::arch::switch_context(r->pong, r->count == r->until ? r->main : r->ping, nullptr);
+  }
+}
+
+// The same ping-pong between two OS threads: each hop is a write to a pipe that
+// wakes the other thread and a read that puts this one to sleep, so the kernel
+// switches threads twice per round trip. Bounded by time as well as count,
+// because a loaded machine can make thread wake-ups slow.
+double thread_switch_ns() {
+  int to_peer[2], to_main[2];
+  if (pipe2(to_peer, O_CLOEXEC) != 0) return 0;
+  if (pipe2(to_main, O_CLOEXEC) != 0) {
+    close(to_peer[0]);
+    close(to_peer[1]);
+    return 0;
+  }
+  std::thread peer([&] {
+    char c = 0;
+    while (read(to_peer[0], &c, 1) == 1) {  // until main closes its end
+      if (write(to_main[1], &c, 1) != 1) break;
+    }
+  });
+  constexpr long kMaxRoundTrips = 10'000;
+  constexpr double kMaxNs = 100e6;  // 100 ms
+  long trips = 0;
+  char c = 1;
+  auto start = clock_type::now();
+  double elapsed = 0;
+  while (trips < kMaxRoundTrips && elapsed < kMaxNs) {
+    if (write(to_peer[1], &c, 1) != 1 || read(to_main[0], &c, 1) != 1) break;
+    ++trips;
+    if (trips % 256 == 0) elapsed = ns_since(start);
+  }
+  elapsed = ns_since(start);
+  close(to_peer[1]);  // the peer reads end-of-file and returns
+  peer.join();
+  close(to_peer[0]);
+  close(to_main[0]);
+  close(to_main[1]);
+  return trips > 0 ? elapsed / (2.0 * static_cast<double>(trips)) : 0;
+}
+
+void section_context_switching() {
+  header(1, "Context switching");
+  urge::platform::stack_pool pool;
+  urge::platform::stack ping_stack = pool.acquire(), pong_stack = pool.acquire();
+  rally r;
+  urge::arch::init_thread_context(r.main);
+  urge::arch::make_context(r.ping, ping_stack.lo, ping_stack.size, ping_entry, &r);
+  urge::arch::make_context(r.pong, pong_stack.lo, pong_stack.size, pong_entry, &r);
+
+  std::printf(
+      "Two contexts, ping and pong, each on its own %zu KiB stack from urge's pool,\n"
+      "pass a counter back and forth on this one thread:\n\n",
+      pool.stack_size() / 1024);
+  r.show = true;
+  r.until = 3;
+  urge::arch::switch_context(r.main, r.ping, nullptr);  // returns when pong says so
+
+  // Now the same rally without printing, a million times, against the clock.
+  constexpr long kRoundTrips = 1'000'000;
+  r.show = false;
+  r.until = r.count + kRoundTrips;
+  long first = r.count;
+  auto start = clock_type::now();
+  urge::arch::switch_context(r.main, r.ping, nullptr);
+  double total_ns = ns_since(start);
+  long done = r.count - first;
+  double per_switch = total_ns / (2.0 * static_cast<double>(done));  // two switches per trip
+  double thread_ns = thread_switch_ns();
+
+  std::printf("\n%s round trips (%s switches) took %.1f ms. One switch costs:\n",
+              grouped(done).c_str(), grouped(2 * done).c_str(), total_ns / 1e6);
+  std::printf("  between two contexts:     %7.1f ns\n", per_switch);
+  if (thread_ns > 0) {
+    std::printf("  between two OS threads:   %7.1f µs  (the same ping-pong, through a pipe)\n",
+                thread_ns / 1e3);
+  }
+  std::printf(
+      "\nThis is what a goroutine switch is: an ordinary function call that saves a few\n"
+      "registers, swaps the stack pointer and returns on the other stack. The kernel\n"
+      "never hears of it, which is why it costs nanoseconds");
+  if (thread_ns > 0) {
+    std::printf(
+        ": about %s times less than\n"
+        "the microseconds the kernel needs to put one thread to sleep and wake another",
+        grouped(two_digits(thread_ns / per_switch)).c_str());
+  }
+  std::printf(".\n");
+
+  // ping and pong stay suspended mid-loop: nothing on their stacks needs
+  // unwinding, so the stacks simply go back to the pool.
+  urge::arch::destroy_context(r.ping);
+  urge::arch::destroy_context(r.pong);
+  pool.release(ping_stack);
+  pool.release(pong_stack);
+}
+
+}  // namespace
+
+int main() {
+  std::printf("A tour of urge, a Go-style goroutine runtime for C++, from the bottom up.\n");
+  section_context_switching();
+  return 0;
+}

@@ -1,0 +1,9 @@
+// urge: Go's goroutine scheduler for C++20 services on Linux.
+//
+// The umbrella header: the runtime (run, go, yield, sleep, blocking), and
+// goroutine-aware synchronisation. See each header for its API.
+#pragma once
+
+#include "urge/errors.hpp"
+#include "urge/runtime.hpp"
+#include "urge/sync.hpp"

@@ -1,0 +1,32 @@
+// CPUs: the affinity mask, cgroup v2 CPU quota, and pinning threads.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace urge::platform {
+
+// The CPUs this process may run on (sched_getaffinity), in ascending order.
+std::vector<int> affinity_cpus();
+
+// Parses a cgroup v2 cpu.max file ("max 100000" or "150000 100000") and
+// returns the quota in CPUs rounded up, or nullopt when there is no limit or
+// the file cannot be read. Throws std::runtime_error naming the file when its
+// contents are malformed.
+std::optional<int> cgroup_cpu_limit_from(const std::string& cpu_max_path);
+
+// The tightest cpu.max along the calling process's cgroup v2 path, from its
+// own cgroup up to the root (a parent's quota bounds its children).
+std::optional<int> cgroup_cpu_limit();
+
+// Binds the calling thread to one CPU; false if the kernel refused.
+bool pin_current_thread(int cpu);
+// Lifts a pin: the calling thread may run on every CPU of `cpus`.
+bool unpin_current_thread(const std::vector<int>& cpus);
+// The CPU the calling thread is running on now.
+int current_cpu();
+// The calling thread's kernel thread id.
+int current_tid();
+
+}  // namespace urge::platform

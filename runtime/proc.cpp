@@ -1,0 +1,1226 @@
+// The goroutine scheduler (Go's proc.go).
+//
+// The main concepts (G, M, P) are described in runtime2.hpp. This file holds
+// the scheduler proper: creating goroutines, switching between them, finding
+// work (local queue, global queue, stealing), parking and unparking Ms,
+// blocking calls, the run() lifecycle and deadlock detection. sysmon lives in
+// sysmon.cpp, timers in timer.cpp, the run queue in runq.hpp.
+//
+// Parking
+// -------
+// Go switches from a goroutine to the scheduler's own stack (g0) on every
+// reschedule: mcall(park_m), schedule(), gogo(next). That is two context
+// switches per goroutine switch. urge switches straight from one goroutine to
+// the next when the P has local work, and to g0 only when it must look
+// further (steal, sleep). The difficulty is the goroutine being left: it may
+// only become visible to other Ms (runnable in a queue, or findable by a
+// channel operation once a lock is dropped) after its context is saved, or
+// another M could resume it while we are still running on its stack. So the
+// leaving context does not publish itself: it records what must be done
+// (m::pending: "make it runnable", "call unlockf", "recycle its stack") and
+// the context that is switched to performs it, first thing, on the same M
+// (run_pending). Go's gopark/park_m split is the same idea: unlockf runs on
+// g0, after the switch.
+//
+// Worker thread parking/unparking
+// -------------------------------
+// As in Go: we want enough running Ms to use the available Ps, and to park
+// the rest so that an idle runtime uses no CPU. An M that runs out of local
+// work becomes "spinning" (counted in sched.nmspinning) while it looks for
+// work in the global queue, in timers and in other Ps' queues. We unpark an
+// M (wakep) when there is an idle P, no M is spinning, and new work appears;
+// a spinning M that finds work and was the last spinner unparks another
+// (resetspinning), so bursts of work spread without a thundering herd. At
+// most half of the busy Ps may have spinning Ms, so spinning does not eat
+// the CPU that running goroutines need.
+//
+// Delicate dance: an M that finds nothing must release its P, decrement
+// nmspinning and only then re-check every run queue (and timers) before
+// sleeping. A goroutine made ready in between either sees nmspinning == 0 and
+// an idle P and calls wakep, or is seen by the re-check. Doing the re-check
+// before the decrement would lose wakeups.
+//
+// Timed wait
+// ----------
+// When no M finds work but timers are pending on some P, one M (the timer
+// waiter, sched.timer_waiter) sleeps until the earliest of them, on its own
+// note, and the others park indefinitely. Adding a timer earlier than the
+// waiter's deadline wakes it (wake_netpoller, named after Go's, whose role
+// the network poller takes over once it blocks with a timeout). Ms stay out
+// of the idle list while they are the timer waiter, so deadlock detection
+// does not fire while a timer can still wake a goroutine.
+#include <cxxabi.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <typeinfo>
+
+#include "platform/cpu.hpp"
+#include "runtime/runtime2.hpp"
+#include "runtime/sched_internal.hpp"
+
+namespace urge::runtime {
+
+schedt* sched = nullptr;
+
+namespace {
+
+thread_local m* tls_m = nullptr;
+std::atomic<g*> allgs_head{nullptr};  // push-only; Gs live as long as the stack pool
+
+// Coarse monotonic time (a jiffy's resolution, ~5 ns to read): enough for
+// "how long has it waited" and far cheaper than a precise clock per park.
+std::int64_t coarse_nanotime() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::uint32_t fastrand(m* mp) {
+  // xorshift64*: per-M state, no locks.
+  std::uint64_t x = mp->fastrand;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  mp->fastrand = x;
+  return static_cast<std::uint32_t>((x * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+[[noreturn]] void fatal(const char* msg) {
+  std::fprintf(stderr, "fatal error: %s\n", msg);
+  std::fflush(stderr);
+  _exit(2);
+}
+
+}  // namespace
+
+// getm and getg read a thread-local; they must not be inlined into code that
+// runs before and after a context switch, or the compiler may reuse the
+// thread-local's address computed on the previous thread.
+__attribute__((noinline)) m* getm() {
+  asm volatile("" ::: "memory");
+  return tls_m;
+}
+
+__attribute__((noinline)) g* getg() {
+  asm volatile("" ::: "memory");
+  m* mp = tls_m;
+  return mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
+}
+
+g* allgs() { return allgs_head.load(std::memory_order_acquire); }
+
+// ---- Global run queue (sched.lock) ------------------------------------------
+
+void globrunqput(g* gp) {
+  gp->schedlink = nullptr;
+  if (sched->runqtail) {
+    sched->runqtail->schedlink = gp;
+  } else {
+    sched->runqhead = gp;
+  }
+  sched->runqtail = gp;
+  sched->runqsize.store(sched->runqsize.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
+}
+
+static void globrunqputbatch(g* head, g* tail, std::uint32_t n) {
+  tail->schedlink = nullptr;
+  if (sched->runqtail) {
+    sched->runqtail->schedlink = head;
+  } else {
+    sched->runqhead = head;
+  }
+  sched->runqtail = tail;
+  sched->runqsize.store(sched->runqsize.load(std::memory_order_relaxed) + static_cast<int>(n),
+                        std::memory_order_relaxed);
+}
+
+static g* globrunqpop() {
+  g* gp = sched->runqhead;
+  if (!gp) return nullptr;
+  sched->runqhead = gp->schedlink;
+  if (!sched->runqhead) sched->runqtail = nullptr;
+  sched->runqsize.store(sched->runqsize.load(std::memory_order_relaxed) - 1,
+                        std::memory_order_relaxed);
+  return gp;
+}
+
+// Takes a fair share of the global queue (len/gomaxprocs + 1, at most max
+// when max > 0, at most half a local ring): returns one, puts the rest in
+// pp's local queue. Needs sched.lock; pp's local queue must have room, which
+// holds because callers come here with an empty local queue or max == 1.
+static g* globrunqget(p* pp, int max) {
+  int size = sched->runqsize.load(std::memory_order_relaxed);
+  if (size == 0) return nullptr;
+  int n = size / sched->gomaxprocs + 1;
+  if (n > size) n = size;
+  if (max > 0 && n > max) n = max;
+  if (n > static_cast<int>(run_queue<g>::capacity / 2)) n = run_queue<g>::capacity / 2;
+  g* gp = globrunqpop();
+  for (int i = 1; i < n; ++i) {
+    g* gp1 = globrunqpop();
+    auto overflow = pp->runq.put(gp1, false);
+    if (overflow.n) globrunqputbatch(overflow.head, overflow.tail, overflow.n);  // cannot happen; safe anyway
+  }
+  return gp;
+}
+
+// Puts gp on pp's local queue (runnext if next); overflow goes global.
+void runqput(p* pp, g* gp, bool next) {
+  auto overflow = pp->runq.put(gp, next);
+  if (overflow.n) {
+    std::lock_guard lock(sched->lock);
+    globrunqputbatch(overflow.head, overflow.tail, overflow.n);
+  }
+}
+
+// ---- Idle P and M lists (sched.lock) -----------------------------------------
+
+static void pidleput(p* pp) {
+  pp->status.store(pstatus::idle, std::memory_order_release);
+  pp->link = sched->pidle;
+  sched->pidle = pp;
+  sched->npidle.fetch_add(1, std::memory_order_acq_rel);
+}
+
+static p* pidleget() {
+  p* pp = sched->pidle;
+  if (pp) {
+    sched->pidle = pp->link;
+    sched->npidle.fetch_sub(1, std::memory_order_acq_rel);
+    // A P leaving the idle list means work: sysmon must watch again.
+    if (sched->sysmon_wait.load(std::memory_order_relaxed)) {
+      sched->sysmon_wait.store(false, std::memory_order_relaxed);
+      platform::notewakeup(sched->sysmon_note);
+    }
+  }
+  return pp;
+}
+
+static void mput(m* mp) {
+  mp->schedlink = sched->midle;
+  sched->midle = mp;
+  sched->nmidle++;
+}
+
+static m* mget() {
+  m* mp = sched->midle;
+  if (mp) {
+    sched->midle = mp->schedlink;
+    sched->nmidle--;
+  }
+  return mp;
+}
+
+// ---- P ownership -------------------------------------------------------------
+
+void acquirep(m* mp, p* pp) {
+  mp->curp = pp;
+  pp->curm.store(mp, std::memory_order_relaxed);
+  pp->status.store(pstatus::running, std::memory_order_release);
+  if (sched->pin_threads && pp->cpu >= 0 && mp->pinned_cpu != pp->cpu) {
+    // Pinning: P i runs on CPU i of the mask. Only a change costs a syscall.
+    if (platform::pin_current_thread(pp->cpu)) mp->pinned_cpu = pp->cpu;
+  }
+}
+
+static p* releasep(m* mp) {
+  p* pp = mp->curp;
+  pp->curm.store(nullptr, std::memory_order_relaxed);
+  mp->curp = nullptr;
+  return pp;
+}
+
+// ---- Starting and stopping Ms ----------------------------------------------
+
+static void mstart(m* mp);
+static void checkdead();
+
+static void newm(p* pp, bool spinning) {
+  auto* mp = new m;
+  mp->nextp = pp;
+  mp->spinning = spinning;
+  {
+    std::lock_guard lock(sched->lock);
+    mp->id = sched->mcount++;
+    mp->alllink = sched->allm;
+    sched->allm = mp;
+    mp->fastrand = 0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(mp->id + 1);
+  }
+  sched->threads_created.fetch_add(1, std::memory_order_relaxed);
+  try {
+    mp->thread = std::thread(mstart, mp);
+  } catch (const std::system_error& e) {
+    std::fprintf(stderr, "fatal error: urge: cannot create a worker thread: %s\n", e.what());
+    _exit(2);
+  }
+}
+
+// Schedules some M to run pp (or an idle P if pp is null). If spinning, the
+// caller has incremented nmspinning and the M starts spinning.
+void startm(p* pp, bool spinning) {
+  sched->lock.lock();
+  if (!pp) {
+    pp = pidleget();
+    if (!pp) {
+      sched->lock.unlock();
+      // The caller counted a spinning M that will not exist: undo it.
+      if (spinning) sched->nmspinning.fetch_sub(1, std::memory_order_acq_rel);
+      return;
+    }
+  }
+  m* mp = mget();
+  sched->lock.unlock();
+  if (!mp) {
+    newm(pp, spinning);
+    return;
+  }
+  mp->spinning = spinning;
+  mp->nextp = pp;
+  platform::notewakeup(mp->park);
+}
+
+// Tries to add one more spinning M to run goroutines, if a P is idle and no
+// M is spinning already (see "Worker thread parking/unparking").
+void wakep() {
+  if (sched->npidle.load(std::memory_order_acquire) == 0) return;
+  int zero = 0;
+  if (sched->nmspinning.load(std::memory_order_acquire) != 0 ||
+      !sched->nmspinning.compare_exchange_strong(zero, 1, std::memory_order_acq_rel)) {
+    return;
+  }
+  startm(nullptr, true);
+}
+
+// Hands off a P whose M is gone (a blocking call, sysmon's retake).
+void handoffp(p* pp) {
+  if (!pp->runq.empty() || sched->runqsize.load(std::memory_order_relaxed) != 0) {
+    startm(pp, false);
+    return;
+  }
+  // No spinning or idle M: start a spinning one to steal work elsewhere.
+  int zero = 0;
+  if (sched->nmspinning.load(std::memory_order_acquire) +
+              sched->npidle.load(std::memory_order_acquire) ==
+          0 &&
+      sched->nmspinning.compare_exchange_strong(zero, 1, std::memory_order_acq_rel)) {
+    startm(pp, true);
+    return;
+  }
+  sched->lock.lock();
+  if (sched->stopping.load(std::memory_order_relaxed)) {
+    pidleput(pp);
+    sched->lock.unlock();
+    return;
+  }
+  if (sched->runqsize.load(std::memory_order_relaxed) != 0) {
+    sched->lock.unlock();
+    startm(pp, false);
+    return;
+  }
+  pidleput(pp);
+  sched->lock.unlock();
+  if (std::int64_t when = pp->timers.earliest()) wake_netpoller(when);
+}
+
+// Parks the M until startm hands it a P (or the runtime stops).
+static void stopm(m* mp) {
+  sched->lock.lock();
+  if (sched->stopping.load(std::memory_order_relaxed)) {
+    sched->lock.unlock();
+    return;
+  }
+  mput(mp);
+  checkdead();
+  sched->lock.unlock();
+  for (;;) {
+    mp->blocked = true;
+    platform::notesleep(mp->park);
+    mp->blocked = false;
+    platform::noteclear(mp->park);
+    if (mp->nextp || sched->stopping.load(std::memory_order_acquire)) break;
+  }
+  if (p* pp = mp->nextp) {
+    mp->nextp = nullptr;
+    acquirep(mp, pp);
+  }
+}
+
+static void resetspinning(m* mp) {
+  mp->spinning = false;
+  int n = sched->nmspinning.fetch_sub(1, std::memory_order_acq_rel) - 1;
+  if (n < 0) fatal("resetspinning: negative nmspinning");
+  if (n == 0 && sched->npidle.load(std::memory_order_acquire) > 0) wakep();
+}
+
+// ---- Timers and the timed wait ----------------------------------------------
+
+// Wakes the timer waiter if `when` is earlier than what it sleeps until, or
+// gets an M going if nobody waits (see "Timed wait").
+void wake_netpoller(std::int64_t when) {
+  std::int64_t until = sched->poll_until.load(std::memory_order_acquire);
+  if (until != 0) {
+    if (until <= when) return;
+    std::lock_guard lock(sched->lock);
+    if (sched->timer_waiter && sched->poll_until.load(std::memory_order_relaxed) > when) {
+      platform::notewakeup(sched->timer_waiter->park);
+    }
+    return;
+  }
+  wakep();
+}
+
+void add_timer(timer* t) {
+  m* mp = getm();
+  p* pp = mp && mp->curp ? mp->curp : sched->allp[0];
+  if (pp->timers.add(t)) wake_netpoller(t->when);
+}
+
+bool del_timer(timer* t) { return timer_heap::del(t); }
+
+// The earliest timer over all Ps, or 0.
+static std::int64_t earliest_timer() {
+  std::int64_t best = 0;
+  for (p* pp : sched->allp) {
+    std::int64_t w = pp->timers.earliest();
+    if (w != 0 && (best == 0 || w < best)) best = w;
+  }
+  return best;
+}
+
+// ---- Switching -------------------------------------------------------------
+
+// Makes gp the running goroutine of mp. inherit: it came from runnext and
+// keeps the time slice, so the tick sysmon watches does not advance.
+static void prepare_execute(m* mp, p* pp, g* gp, bool inherit) {
+  gp->status.store(gstatus::running, std::memory_order_relaxed);
+  gp->curm = mp;
+  gp->preempt.store(false, std::memory_order_relaxed);
+  mp->curg.store(gp, std::memory_order_relaxed);
+  if (!inherit) {
+    pp->schedtick++;
+    pp->schedtick_pub.store(pp->schedtick, std::memory_order_relaxed);
+  }
+}
+
+// The cheap part of schedule(): the global queue every 61st tick (so that a
+// P whose goroutines keep each other busy cannot starve it), due timers, then
+// the local queue. nullptr: the caller must go to g0 and look further.
+static g* pick_local(p* pp, bool& inherit) {
+  if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
+    std::lock_guard lock(sched->lock);
+    if (g* gp = globrunqget(pp, 1)) {
+      inherit = false;
+      return gp;
+    }
+  }
+  if (std::int64_t when = pp->timers.earliest(); when != 0 && when <= platform::nanotime()) {
+    pp->timers.run_due(platform::nanotime());
+  }
+  return pp->runq.get(inherit);
+}
+
+// Performs the after-switch action recorded by the context that switched to
+// us (see "Parking"). Runs on whatever context now runs on mp.
+void run_pending(m* mp) {
+  after_switch act = mp->pending;
+  if (act == after_switch::none) return;
+  mp->pending = after_switch::none;
+  g* gp = mp->pending_g;
+  switch (act) {
+    case after_switch::ready_local:
+      gp->status.store(gstatus::runnable, std::memory_order_release);
+      runqput(mp->curp, gp, false);
+      break;
+    case after_switch::ready_global: {
+      gp->status.store(gstatus::runnable, std::memory_order_release);
+      std::lock_guard lock(sched->lock);
+      globrunqput(gp);
+      break;
+    }
+    case after_switch::park:
+      if (mp->pending_unlock && !mp->pending_unlock(gp, mp->pending_arg)) {
+        // The park was called off (the awaited event already happened).
+        gp->status.store(gstatus::runnable, std::memory_order_release);
+        runqput(mp->curp, gp, true);
+      }
+      break;
+    case after_switch::exit:
+      arch::destroy_context(gp->ctx);
+      if (mp->curp) {
+        mp->curp->stackcache.put(*sched->stacks, gp->stk);
+      } else {
+        sched->stacks->release(gp->stk);
+      }
+      break;
+    case after_switch::exit_blocking: {
+      // exitsyscall0: the goroutine came back from a blocking call and found
+      // no P. Queue it globally; this M parks (the g0 loop sees no P).
+      gp->status.store(gstatus::runnable, std::memory_order_release);
+      sched->lock.lock();
+      p* pp = pidleget();
+      if (!pp) globrunqput(gp);
+      sched->lock.unlock();
+      if (pp) {
+        acquirep(mp, pp);
+        runqput(pp, gp, true);
+      }
+      break;
+    }
+    case after_switch::none:
+      break;
+  }
+}
+
+// Leaves the running goroutine gp for the next runnable goroutine of this P,
+// or for g0 when there is none; `act` is done for gp by the next context.
+// Returns the M that later resumes gp (nullptr never: exit does not return).
+static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, void* arg = nullptr) {
+  mp->pending = act;
+  mp->pending_g = gp;
+  mp->pending_unlock = f;
+  mp->pending_arg = arg;
+  if (!platform::canary_intact(gp->stk)) platform::report_stack_overflow(gp->stk, gp->stk.lo - 8);
+  p* pp = mp->curp;
+  g* next = nullptr;
+  bool inherit = false;
+  if (pp && !sched->stopping.load(std::memory_order_relaxed)) next = pick_local(pp, inherit);
+  arch::context* to;
+  if (next) {
+    prepare_execute(mp, pp, next, inherit);
+    to = &next->ctx;
+  } else {
+    mp->curg.store(nullptr, std::memory_order_relaxed);
+    to = &mp->g0;
+  }
+  if (act == after_switch::exit) arch::exit_to_context(gp->ctx, *to, mp);
+  return static_cast<m*>(arch::switch_context(gp->ctx, *to, mp));
+}
+
+// Parks the running goroutine; see runtime2.hpp.
+void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
+  g* gp = getg();
+  if (!gp) fatal("gopark outside a goroutine");
+  gp->reason = reason;
+  gp->waitsince = coarse_nanotime();
+  gp->status.store(gstatus::waiting, std::memory_order_release);
+  m* mp = switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
+  run_pending(mp);
+}
+
+void goready(g* gp, bool next) {
+  gstatus expect = gstatus::waiting;
+  if (!gp->status.compare_exchange_strong(expect, gstatus::runnable, std::memory_order_acq_rel)) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "goready: goroutine %llu has status %s, not waiting",
+                  static_cast<unsigned long long>(gp->goid), to_string(expect));
+    fatal(buf);
+  }
+  gp->reason = waitreason::zero;
+  m* mp = getm();
+  if (mp && mp->curp) {
+    runqput(mp->curp, gp, next);
+  } else {
+    std::lock_guard lock(sched->lock);
+    globrunqput(gp);
+  }
+  wakep();
+}
+
+static void gosched_global(g* gp) {
+  m* mp = switch_away(gp, gp->curm, after_switch::ready_global);
+  run_pending(mp);
+}
+
+void check_preempt() {
+  g* gp = getg();
+  if (gp && gp->preempt.load(std::memory_order_relaxed)) {
+    gp->preempt.store(false, std::memory_order_relaxed);
+    gosched_global(gp);
+  }
+}
+
+// ---- findrunnable -------------------------------------------------------
+
+// Finds a runnable goroutine for mp (which holds a P), blocking until there is
+// one. nullptr only when the runtime is stopping. On return mp holds a P.
+static g* findrunnable(m* mp, bool& inherit) {
+top:
+  if (sched->stopping.load(std::memory_order_acquire)) return nullptr;
+  p* pp = mp->curp;
+  inherit = false;
+  std::int64_t now = platform::nanotime();
+  if (std::int64_t when = pp->timers.earliest(); when != 0 && when <= now) pp->timers.run_due(now);
+
+  if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
+    std::lock_guard lock(sched->lock);
+    if (g* gp = globrunqget(pp, 1)) return gp;
+  }
+  if (g* gp = pp->runq.get(inherit)) return gp;
+  if (sched->runqsize.load(std::memory_order_relaxed) != 0) {
+    std::lock_guard lock(sched->lock);
+    if (g* gp = globrunqget(pp, 0)) return gp;
+  }
+
+  // Steal. Limit the number of spinning Ms to half the busy Ps, so that
+  // spinning does not burn the CPU running goroutines need (Go's rule).
+  {
+    const int procs = sched->gomaxprocs;
+    if (mp->spinning || 2 * sched->nmspinning.load(std::memory_order_acquire) <
+                            procs - sched->npidle.load(std::memory_order_acquire)) {
+      if (!mp->spinning) {
+        mp->spinning = true;
+        sched->nmspinning.fetch_add(1, std::memory_order_acq_rel);
+      }
+      // Four passes over all Ps in a random order (a random start and a
+      // stride coprime with the count visits each P once per pass); only the
+      // last pass takes runnext and runs other Ps' due timers.
+      for (int pass = 0; pass < 4; ++pass) {
+        const bool last = pass == 3;
+        std::uint32_t start = fastrand(mp) % static_cast<std::uint32_t>(procs);
+        std::uint32_t stride = coprime_stride(static_cast<std::uint32_t>(procs), fastrand(mp));
+        for (int k = 0; k < procs; ++k) {
+          if (sched->stopping.load(std::memory_order_relaxed)) return nullptr;
+          p* p2 = sched->allp[(start + static_cast<std::uint32_t>(k) * stride) %
+                              static_cast<std::uint32_t>(procs)];
+          if (p2 == pp) continue;
+          if (last) {
+            if (std::int64_t when = p2->timers.earliest(); when != 0 && when <= now) {
+              // Timers of a P whose M is busy: run them here (Go steals timers).
+              p2->timers.run_due(now);
+              if (g* gp = pp->runq.get(inherit)) return gp;
+            }
+          }
+          bool victim_running = p2->status.load(std::memory_order_relaxed) == pstatus::running;
+          if (g* gp = pp->runq.steal(p2->runq, last, victim_running)) {
+            sched->steals.fetch_add(1, std::memory_order_relaxed);
+            return gp;
+          }
+        }
+      }
+    }
+  }
+
+  // Nothing found: give up the P and get ready to sleep.
+  sched->lock.lock();
+  if (sched->stopping.load(std::memory_order_relaxed)) {
+    sched->lock.unlock();
+    return nullptr;
+  }
+  if (sched->runqsize.load(std::memory_order_relaxed) != 0) {
+    g* gp = globrunqget(pp, 0);
+    sched->lock.unlock();
+    return gp;
+  }
+  releasep(mp);
+  pidleput(pp);
+  sched->lock.unlock();
+
+  // Delicate dance (see the comment at the top): decrement nmspinning first,
+  // then re-check every queue.
+  const bool was_spinning = mp->spinning;
+  if (mp->spinning) {
+    mp->spinning = false;
+    if (sched->nmspinning.fetch_sub(1, std::memory_order_acq_rel) - 1 < 0) {
+      fatal("findrunnable: negative nmspinning");
+    }
+  }
+  for (p* p2 : sched->allp) {
+    if (!p2->runq.empty()) {
+      sched->lock.lock();
+      p* idle = pidleget();
+      sched->lock.unlock();
+      if (idle) {
+        acquirep(mp, idle);
+        if (was_spinning) {
+          mp->spinning = true;
+          sched->nmspinning.fetch_add(1, std::memory_order_acq_rel);
+        }
+        goto top;
+      }
+      break;
+    }
+  }
+
+  // Timers pending somewhere: become the timer waiter unless there is one.
+  if (std::int64_t until = earliest_timer(); until != 0) {
+    sched->lock.lock();
+    if (!sched->timer_waiter && !sched->stopping.load(std::memory_order_relaxed)) {
+      sched->timer_waiter = mp;
+      sched->poll_until.store(until, std::memory_order_release);
+      sched->lock.unlock();
+      std::int64_t delay = until - platform::nanotime();
+      if (delay > 0) {
+        mp->blocked = true;
+        platform::notetsleep(mp->park, delay);
+        mp->blocked = false;
+      }
+      sched->lock.lock();
+      sched->timer_waiter = nullptr;
+      sched->poll_until.store(0, std::memory_order_release);
+      platform::noteclear(mp->park);
+      if (sched->stopping.load(std::memory_order_relaxed)) {
+        sched->lock.unlock();
+        return nullptr;
+      }
+      p* idle = pidleget();
+      sched->lock.unlock();
+      if (idle) {
+        acquirep(mp, idle);
+        goto top;
+      }
+      // Every P is busy; they will run their own timers.
+    } else {
+      sched->lock.unlock();
+    }
+  }
+  stopm(mp);
+  if (!mp->curp) return nullptr;  // stopping
+  goto top;
+}
+
+// ---- The scheduler loop, on each M's own stack (g0) -------------------------
+
+static void schedule_loop(m* mp) {
+  for (;;) {
+    run_pending(mp);
+    if (sched->stopping.load(std::memory_order_acquire)) break;
+    if (!mp->curp) {
+      stopm(mp);
+      continue;
+    }
+    bool inherit = false;
+    g* gp = findrunnable(mp, inherit);
+    if (!gp) continue;  // stopping: checked at the top
+    if (mp->spinning) resetspinning(mp);
+    prepare_execute(mp, mp->curp, gp, inherit);
+    m* back = static_cast<m*>(arch::switch_context(mp->g0, gp->ctx, mp));
+    (void)back;  // g0 belongs to this thread: `back` is always mp
+  }
+}
+
+static void mstart(m* mp) {
+  tls_m = mp;
+  mp->tid = platform::current_tid();
+  arch::init_thread_context(mp->g0);
+  platform::ensure_alt_stack();
+  if (p* pp = mp->nextp) {
+    mp->nextp = nullptr;
+    acquirep(mp, pp);
+  }
+  schedule_loop(mp);
+  std::lock_guard lock(sched->lock);
+  mp->exited = true;
+  sched->mexited++;
+}
+
+// ---- Goroutine creation and exit ----------------------------------------
+
+[[noreturn]] static void goexit(g* gp);
+
+[[noreturn]] static void panic_exit(g* gp, std::exception_ptr ep) {
+  std::string what;
+  const char* type = nullptr;
+  try {
+    std::rethrow_exception(ep);
+  } catch (const std::exception& e) {
+    what = e.what();
+    type = typeid(e).name();
+  } catch (...) {
+    what = "unknown exception";
+    if (auto* ti = abi::__cxa_current_exception_type()) type = ti->name();
+  }
+  std::string type_name = type ? type : "?";
+  if (type) {
+    int status = 0;
+    if (char* d = abi::__cxa_demangle(type, nullptr, nullptr, &status)) {
+      type_name = d;
+      std::free(d);
+    }
+  }
+  std::fprintf(stderr, "panic: %s\n[exception of type %s]\n\n", what.c_str(), type_name.c_str());
+  print_goroutine_header(stderr, gp, "running");
+  print_traceback_here(stderr);
+  std::fflush(stderr);
+  _exit(2);
+}
+
+// Every goroutine starts here, through urge_context_start.
+static void goroutine_entry(void* arg, void* transfer) {
+  arch::context_started();
+  auto* gp = static_cast<g*>(arg);
+  run_pending(static_cast<m*>(transfer));
+  if (gp->is_main) {
+    try {
+      gp->fn(gp->closure);
+    } catch (...) {
+      sched->main_exception = std::current_exception();
+    }
+    std::lock_guard lock(sched->lock);
+    begin_stop_locked();
+  } else {
+    try {
+      gp->fn(gp->closure);
+    } catch (...) {
+      panic_exit(gp, std::current_exception());
+    }
+  }
+  goexit(gp);
+}
+
+[[noreturn]] static void goexit(g* gp) {
+  gp->status.store(gstatus::dead, std::memory_order_release);
+  sched->ngoroutines.fetch_sub(1, std::memory_order_relaxed);
+  switch_away(gp, gp->curm, after_switch::exit);
+  __builtin_unreachable();
+}
+
+// Carves a G and room for its closure out of the top of a fresh stack:
+//   [stk.hi - sizeof(g), stk.hi)   the g (64-byte aligned)
+//   below it                       the closure (its own alignment)
+//   [stk.lo, closure)              the goroutine's stack proper
+static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, void** closure) {
+  platform::stack stk = pp ? pp->stackcache.get(*sched->stacks) : sched->stacks->acquire();
+  auto top = reinterpret_cast<std::uintptr_t>(stk.hi());
+  auto gaddr = (top - sizeof(g)) & ~std::uintptr_t{63};
+  auto caddr = (gaddr - closure_size) & ~(std::uintptr_t{closure_align} - 1);
+  if (caddr < reinterpret_cast<std::uintptr_t>(stk.lo) + 16 * 1024) {
+    if (pp) {
+      pp->stackcache.put(*sched->stacks, stk);
+    } else {
+      sched->stacks->release(stk);
+    }
+    throw std::length_error("urge::go: the goroutine's arguments (" +
+                            std::to_string(closure_size) +
+                            " bytes) do not fit its stack; pass large objects by pointer");
+  }
+  auto* gp = reinterpret_cast<g*>(gaddr);
+  if (gp->magic == g_magic) {
+    // A recycled slot: keep its place in allgs.
+    g* link = gp->alllink;
+    gp->~g();
+    new (gp) g;
+    gp->alllink = link;
+    gp->magic = g_magic;
+  } else {
+    new (gp) g;
+    gp->magic = g_magic;
+    g* head = allgs_head.load(std::memory_order_relaxed);
+    do {
+      gp->alllink = head;
+    } while (!allgs_head.compare_exchange_weak(head, gp, std::memory_order_release,
+                                               std::memory_order_relaxed));
+  }
+  gp->stk = stk;
+  *closure = reinterpret_cast<void*>(caddr);
+  // The context's stack ends below the closure.
+  arch::make_context(gp->ctx, stk.lo, caddr - reinterpret_cast<std::uintptr_t>(stk.lo),
+                     goroutine_entry, gp);
+  return gp;
+}
+
+static void freeg_unused(p* pp, g* gp) {
+  arch::destroy_context(gp->ctx);
+  gp->status.store(gstatus::dead, std::memory_order_relaxed);
+  if (pp) {
+    pp->stackcache.put(*sched->stacks, gp->stk);
+  } else {
+    sched->stacks->release(gp->stk);
+  }
+}
+
+// Makes a newly built G runnable on mp's P (runnext), or globally without a P.
+static void newproc_ready(m* mp, g* gp) {
+  gp->goid = sched->next_goid.fetch_add(1, std::memory_order_relaxed);
+  gp->status.store(gstatus::runnable, std::memory_order_release);
+  sched->ngoroutines.fetch_add(1, std::memory_order_relaxed);
+  sched->goroutines_created.fetch_add(1, std::memory_order_relaxed);
+  if (mp && mp->curp) {
+    runqput(mp->curp, gp, true);
+  } else {
+    std::lock_guard lock(sched->lock);
+    globrunqput(gp);
+  }
+  if (sched->npidle.load(std::memory_order_relaxed) != 0 &&
+      sched->nmspinning.load(std::memory_order_relaxed) == 0) {
+    wakep();
+  }
+}
+
+// ---- Blocking calls (Go's entersyscall / exitsyscall) ----------------------
+
+void enter_blocking_call() {
+  g* gp = getg();
+  m* mp = gp->curm;
+  p* pp = mp->curp;
+  gp->status.store(gstatus::syscall, std::memory_order_release);
+  pp->syscalltick.fetch_add(1, std::memory_order_relaxed);
+  mp->oldp = pp;
+  releasep(mp);
+  // The P stays attached in spirit (status syscall) so that a quick call can
+  // take it back without any lock; sysmon retakes it if the call lasts.
+  pp->status.store(pstatus::syscall, std::memory_order_release);
+  if (sched->sysmon_wait.load(std::memory_order_acquire)) {
+    std::lock_guard lock(sched->lock);
+    if (sched->sysmon_wait.load(std::memory_order_relaxed)) {
+      sched->sysmon_wait.store(false, std::memory_order_relaxed);
+      platform::notewakeup(sched->sysmon_note);
+    }
+  }
+}
+
+void exit_blocking_call() {
+  g* gp = getg();
+  m* mp = gp->curm;
+  p* oldp = mp->oldp;
+  mp->oldp = nullptr;
+  // Fast path: the P is still ours.
+  pstatus expect = pstatus::syscall;
+  if (oldp && oldp->status.compare_exchange_strong(expect, pstatus::running,
+                                                   std::memory_order_acq_rel)) {
+    acquirep(mp, oldp);
+    oldp->syscalltick.fetch_add(1, std::memory_order_relaxed);
+    gp->status.store(gstatus::running, std::memory_order_release);
+    return;
+  }
+  // Sysmon took it. Another idle P will do.
+  sched->lock.lock();
+  p* pp = sched->stopping.load(std::memory_order_relaxed) ? nullptr : pidleget();
+  sched->lock.unlock();
+  if (pp) {
+    acquirep(mp, pp);
+    gp->status.store(gstatus::running, std::memory_order_release);
+    return;
+  }
+  // Slow path (exitsyscall0): queue the goroutine and park this M, from g0.
+  mp->pending = after_switch::exit_blocking;
+  mp->pending_g = gp;
+  mp->curg.store(nullptr, std::memory_order_relaxed);
+  m* back = static_cast<m*>(arch::switch_context(gp->ctx, mp->g0, mp));
+  run_pending(back);
+}
+
+// ---- Deadlock detection and shutdown ----------------------------------------
+
+void begin_stop_locked() {
+  if (sched->stopping.exchange(true, std::memory_order_acq_rel)) return;
+  for (m* mp = sched->midle; mp; mp = mp->schedlink) platform::notewakeup(mp->park);
+  if (sched->timer_waiter) platform::notewakeup(sched->timer_waiter->park);
+  platform::notewakeup(sched->sysmon_note);
+}
+
+// Called with sched.lock held when an M goes idle. If no M is running any
+// more (none spinning, none in a blocking call, none waiting for a timer),
+// nothing can ever make a goroutine runnable again: Go's checkdead.
+static void checkdead() {
+  if (sched->stopping.load(std::memory_order_relaxed)) return;
+  int running = sched->mcount - sched->nmidle - sched->mexited;
+  if (running > 0) return;
+  if (sched->runqsize.load(std::memory_order_relaxed) != 0) return;
+  for (p* pp : sched->allp) {
+    if (!pp->runq.empty() || pp->timers.size() != 0) return;
+  }
+  sched->deadlock = true;
+  begin_stop_locked();
+}
+
+// ---- Configuration --------------------------------------------------------
+
+static int parse_positive(const std::string& what, const std::string& text) {
+  std::size_t used = 0;
+  long v = 0;
+  try {
+    v = std::stol(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || text.empty() || v <= 0 || v > 1'000'000) {
+    throw std::invalid_argument("urge: " + what + "=\"" + text + "\" is not a positive integer");
+  }
+  return static_cast<int>(v);
+}
+
+int default_maxprocs(const char* env_value, const std::vector<int>& cpus,
+                     std::optional<int> cgroup_limit) {
+  if (env_value) return parse_positive("URGE_MAXPROCS", env_value);
+  int n = static_cast<int>(cpus.size());
+  if (cgroup_limit && *cgroup_limit < n) n = std::max(1, *cgroup_limit);
+  return std::max(1, n);
+}
+
+void parse_debug(const char* text, debug_settings& out) {
+  if (!text) return;
+  std::string s(text);
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    std::size_t comma = s.find(',', pos);
+    std::string item = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    pos = comma == std::string::npos ? s.size() + 1 : comma + 1;
+    if (item.empty()) continue;
+    std::size_t eq = item.find('=');
+    std::string key = item.substr(0, eq);
+    std::string val = eq == std::string::npos ? "" : item.substr(eq + 1);
+    auto number = [&]() -> long {
+      std::size_t used = 0;
+      long v = -1;
+      try {
+        v = std::stol(val, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (val.empty() || used != val.size() || v < 0) {
+        throw std::invalid_argument("urge: URGE_DEBUG: " + key + "=\"" + val +
+                                    "\" is not a non-negative integer");
+      }
+      return v;
+    };
+    if (key == "schedtrace") {
+      out.schedtrace_ms = number();
+    } else if (key == "scheddetail") {
+      out.scheddetail = number() != 0;
+    } else if (key == "asyncpreemptoff") {
+      out.asyncpreemptoff = number() != 0;
+    } else if (key == "pin") {
+      out.pin = number() != 0;
+    } else if (key == "netpoll") {
+      out.netpoll = val;
+    }
+    // Unknown keys are ignored, as GODEBUG ignores them.
+  }
+}
+
+// One pool per stack size, kept for the life of the process: goroutine
+// slots (and the g at their top) are reused across run() calls.
+static platform::stack_pool* stack_pool_for(std::size_t size) {
+  static std::mutex mu;
+  static std::map<std::size_t, std::unique_ptr<platform::stack_pool>> pools;
+  std::lock_guard lock(mu);
+  auto& slot = pools[size];
+  if (!slot) {
+    platform::stack_pool::options o;
+    o.stack_size = size;
+    slot = std::make_unique<platform::stack_pool>(o);
+  }
+  return slot.get();
+}
+
+}  // namespace urge::runtime
+
+// ---- The public API -----------------------------------------------------------
+
+namespace urge {
+
+using namespace urge::runtime;
+
+namespace detail {
+
+bool in_goroutine() noexcept { return getg() != nullptr; }
+
+spawn_slot newproc_begin(std::size_t closure_size, std::size_t closure_align, closure_fn run,
+                         void* creator_pc) {
+  m* mp = getm();
+  if (!sched || !mp) throw std::logic_error("urge::go called outside urge::run");
+  void* closure = nullptr;
+  g* gp = allocg(mp->curp, closure_size, closure_align, &closure);
+  gp->fn = run;
+  gp->closure = closure;
+  gp->creator_pc = creator_pc;
+  g* parent = mp->curg.load(std::memory_order_relaxed);
+  gp->parent_goid = parent ? parent->goid : 0;
+  return {closure, gp};
+}
+
+void newproc_commit(spawn_slot slot) noexcept {
+  m* mp = getm();
+  // newproc_begin ran on this goroutine; a closure constructor that yields
+  // may have moved us to another M, which getm() accounts for.
+  newproc_ready(mp, static_cast<g*>(slot.g));
+}
+
+void newproc_abort(spawn_slot slot) noexcept {
+  m* mp = getm();
+  freeg_unused(mp ? mp->curp : nullptr, static_cast<g*>(slot.g));
+}
+
+void enter_blocking() noexcept { enter_blocking_call(); }
+void exit_blocking() noexcept { exit_blocking_call(); }
+
+void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
+  if (getg()) throw std::logic_error("urge::run called from inside a goroutine");
+  if (sched) throw std::logic_error("urge::run: another runtime is running in this process");
+
+  debug_settings dbg;
+  parse_debug(std::getenv("URGE_DEBUG"), dbg);
+  if (cfg.maxprocs < 0) {
+    throw std::invalid_argument("urge: config::maxprocs = " + std::to_string(cfg.maxprocs) +
+                                " is negative");
+  }
+  auto s = std::make_unique<schedt>();
+  s->cpus = platform::affinity_cpus();
+  s->gomaxprocs = cfg.maxprocs > 0 ? cfg.maxprocs
+                                   : default_maxprocs(std::getenv("URGE_MAXPROCS"), s->cpus,
+                                                      platform::cgroup_cpu_limit());
+  s->quantum_ns = cfg.quantum.count() > 0 ? cfg.quantum.count() : 10'000'000;
+  s->async_preempt = cfg.async_preempt && !dbg.asyncpreemptoff;
+  s->pin_threads = cfg.pin_threads || dbg.pin;
+  s->schedtrace_ms = dbg.schedtrace_ms;
+  s->scheddetail = dbg.scheddetail;
+  s->start_time = platform::nanotime();
+  s->stacks = stack_pool_for(cfg.stack_size ? cfg.stack_size : platform::default_stack_size());
+
+  for (int i = 0; i < s->gomaxprocs; ++i) {
+    auto* pp = new p;
+    pp->id = i;
+    pp->cpu = i < static_cast<int>(s->cpus.size()) ? s->cpus[static_cast<std::size_t>(i)] : -1;
+    s->allp.push_back(pp);
+  }
+  for (std::uint32_t i = 1; i <= static_cast<std::uint32_t>(s->gomaxprocs); ++i) {
+    std::uint32_t a = i, b = static_cast<std::uint32_t>(s->gomaxprocs);
+    while (b) {
+      std::uint32_t t = a % b;
+      a = b;
+      b = t;
+    }
+    if (a == 1) s->coprimes.push_back(i);
+  }
+  sched = s.get();
+
+  m m0;
+  m0.id = 0;
+  m0.tid = platform::current_tid();
+  m0.fastrand = 0x9E3779B97F4A7C15ULL ^ static_cast<std::uint64_t>(platform::nanotime());
+  arch::init_thread_context(m0.g0);
+  platform::ensure_alt_stack();
+  sched->mcount = 1;
+  sched->allm = &m0;
+  tls_m = &m0;
+  // P0 to M0; the rest idle (in reverse so that pidleget hands out P1 first).
+  for (int i = sched->gomaxprocs - 1; i >= 1; --i) pidleput(sched->allp[static_cast<std::size_t>(i)]);
+  acquirep(&m0, sched->allp[0]);
+
+  // The main goroutine.
+  void* unused = nullptr;
+  g* maing = allocg(m0.curp, 0, 1, &unused);
+  maing->fn = main_fn;
+  maing->closure = main_arg;
+  maing->is_main = true;
+  sched->main_g = maing;
+  sched->next_goid.store(1, std::memory_order_relaxed);
+  newproc_ready(&m0, maing);
+
+  start_sysmon();
+  schedule_loop(&m0);
+
+  // Shutdown: every other M leaves its loop at its next scheduling point.
+  {
+    std::lock_guard lock(sched->lock);
+    m0.exited = true;
+    sched->mexited++;
+  }
+  stop_sysmon();
+  for (m* mp = sched->allm; mp; mp = mp->alllink) {
+    if (mp != &m0 && mp->thread.joinable()) mp->thread.join();
+  }
+  // Abandon the goroutines still alive: their stacks go back to the pool,
+  // their destructors never run (as Go's goroutines end with main).
+  for (p* pp : sched->allp) pp->stackcache.flush(*sched->stacks);
+  for (g* gp = allgs(); gp; gp = gp->alllink) {
+    gstatus st = gp->status.load(std::memory_order_acquire);
+    if (st != gstatus::dead && st != gstatus::idle) {
+      arch::destroy_context(gp->ctx);
+      gp->status.store(gstatus::dead, std::memory_order_release);
+      sched->stacks->release(gp->stk);
+    }
+  }
+  const bool deadlock = sched->deadlock;
+  std::exception_ptr main_exception = sched->main_exception;
+  for (m* mp = sched->allm; mp;) {
+    m* next = mp->alllink;
+    if (mp != &m0) delete mp;
+    mp = next;
+  }
+  for (p* pp : sched->allp) delete pp;
+  sched = nullptr;
+  tls_m = nullptr;
+  if (deadlock) throw deadlock_error("fatal error: all goroutines are asleep - deadlock!");
+  if (main_exception) std::rethrow_exception(main_exception);
+}
+
+}  // namespace detail
+
+void yield() {
+  g* gp = getg();
+  if (!gp) {
+    std::this_thread::yield();
+    return;
+  }
+  gp->preempt.store(false, std::memory_order_relaxed);
+  m* mp = gp->curm;
+  p* pp = mp->curp;
+  // Nothing else to run here and nothing due: yielding would switch to g0 and
+  // straight back.
+  if (pp->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0) {
+    std::int64_t when = pp->timers.earliest();
+    if (when == 0 || when > platform::nanotime()) return;
+  }
+  m* back = switch_away(gp, mp, after_switch::ready_local);
+  run_pending(back);
+}
+
+namespace {
+void sleep_wake(timer*, void* arg, std::int64_t) { goready(static_cast<g*>(arg), true); }
+bool sleep_arm(g* gp, void*) {
+  add_timer(&gp->sleep_timer);
+  return true;
+}
+}  // namespace
+
+void sleep(std::chrono::nanoseconds d) {
+  g* gp = getg();
+  if (!gp) {
+    std::this_thread::sleep_for(d);
+    return;
+  }
+  if (d.count() <= 0) {
+    check_preempt();
+    return;
+  }
+  timer* t = &gp->sleep_timer;
+  t->when = platform::nanotime() + d.count();
+  t->period = 0;
+  t->f = sleep_wake;
+  t->arg = gp;
+  gopark(sleep_arm, nullptr, waitreason::sleep);
+}
+
+int maxprocs() { return sched ? sched->gomaxprocs : 0; }
+
+std::size_t num_goroutines() {
+  return sched ? static_cast<std::size_t>(sched->ngoroutines.load(std::memory_order_relaxed)) : 0;
+}
+
+sched_stats stats() {
+  sched_stats st;
+  if (!sched) return st;
+  st.goroutines_created = sched->goroutines_created.load(std::memory_order_relaxed);
+  st.steals = sched->steals.load(std::memory_order_relaxed);
+  st.handoffs = sched->handoffs.load(std::memory_order_relaxed);
+  st.preempt_requests = sched->preempt_requests.load(std::memory_order_relaxed);
+  st.threads = sched->threads_created.load(std::memory_order_relaxed) + 1;
+  return st;
+}
+
+}  // namespace urge

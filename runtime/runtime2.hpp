@@ -1,0 +1,241 @@
+// The scheduler's data structures (Go's runtime2.go).
+//
+// The main concepts are:
+//   G - goroutine: a stack, a saved context and a status.
+//   M - worker thread ("machine"): runs Gs, one at a time.
+//   P - processor: the resource an M needs to run Gs (a local run queue, a
+//       timer heap, a stack cache). There are exactly maxprocs Ps.
+// An M holds a P while it runs goroutines; an M in a blocking call gives its
+// P up (or has it taken by sysmon) so that other Ms keep maxprocs Ps busy.
+// Statuses and wait reasons use Go's names and numbers so that schedtrace,
+// goroutine dumps and Go readers agree.
+//
+// Synchronisation is noted on every field: "owner" means only the M that
+// holds the P (or runs the G) touches it; "sched.lock" means the global lock;
+// atomics say so.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "arch/context.hpp"
+#include "platform/futex.hpp"
+#include "platform/stack.hpp"
+#include "runtime/lock.hpp"
+#include "runtime/runq.hpp"
+#include "runtime/timer.hpp"
+#include "urge/runtime.hpp"
+
+namespace urge::runtime {
+
+struct g;
+struct m;
+struct p;
+
+// Go's _G* values (runtime2.go).
+enum class gstatus : std::uint32_t {
+  idle = 0,
+  runnable = 1,
+  running = 2,
+  syscall = 3,
+  waiting = 4,
+  dead = 6,
+  preempted = 9,
+};
+const char* to_string(gstatus s);
+
+// Go's _P* values.
+enum class pstatus : std::uint32_t { idle = 0, running = 1, syscall = 2, dead = 4 };
+
+// Go's waitReason strings, for dumps and scheddetail.
+enum class waitreason : std::uint8_t {
+  zero,
+  chan_receive_nil_chan,
+  chan_send_nil_chan,
+  select_no_cases,
+  chan_receive,
+  chan_send,
+  select,
+  sleep,
+  io_wait,
+  sync_mutex_lock,
+  sync_rwmutex_rlock,
+  sync_rwmutex_lock,
+  sync_cond_wait,
+  semacquire,
+  preempted,
+};
+const char* to_string(waitreason w);
+
+// What the context we switched to must do for the goroutine we left, once we
+// are off its stack. See "Parking" in proc.cpp.
+enum class after_switch : std::uint8_t {
+  none,
+  ready_local,   // yield: make it runnable at the tail of the local queue
+  ready_global,  // preempted: make it runnable on the global queue (Go's gopreempt_m)
+  park,          // park: call unlockf; if it says no, make it runnable again
+  exit,          // it returned: recycle its stack
+  exit_blocking, // back from a blocking call with no P: queue it globally (exitsyscall0)
+};
+
+using unlock_fn = bool (*)(g* gp, void* arg);
+
+inline constexpr std::uint32_t g_magic = 0x676f7267;  // "gorg"
+
+// A goroutine. It lives at the top of its own stack (see newproc_begin), so
+// creating one is one stack from the P's cache and no heap allocation.
+struct g {
+  arch::context ctx;               // saved context while not running; owner
+  platform::stack stk;             // owner
+  std::atomic<gstatus> status{gstatus::idle};
+  std::uint64_t goid = 0;          // set at creation
+  g* schedlink = nullptr;          // run queue batches and the global queue; their lock
+  m* curm = nullptr;               // the M running it (running, syscall); owner
+  std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
+  waitreason reason = waitreason::zero;  // why it is waiting; set before parking
+  std::int64_t waitsince = 0;      // nanotime when it parked
+  void* param = nullptr;           // set by whoever readies it (channels: the winning case)
+  detail::closure_fn fn = nullptr; // entry: fn(closure)
+  void* closure = nullptr;
+  void* creator_pc = nullptr;      // the `go` statement's return address
+  std::uint64_t parent_goid = 0;
+  bool is_main = false;
+  std::uint32_t magic = 0;         // g_magic once in allgs (the slot is reused with its stack)
+  g* alllink = nullptr;            // allgs: push-only list, read lock-free
+  timer sleep_timer;               // for sleep(): one per G, as Go's g.timer
+};
+
+// A worker thread.
+struct m {
+  int id = 0;
+  arch::context g0;                // the thread's own stack, running schedule(); owner
+  std::atomic<g*> curg{nullptr};   // the G it runs, or nullptr on g0; owner writes, sysmon reads
+  p* curp = nullptr;               // the attached P (Go's m.p); owner
+  p* nextp = nullptr;              // P handed over by startm; sched.lock / its note
+  p* oldp = nullptr;               // P it held before a blocking call; owner
+  bool spinning = false;           // looking for work, counted in sched.nmspinning; owner
+  bool blocked = false;            // asleep on `park` (for scheddetail); owner
+  int pinned_cpu = -1;             // the CPU its thread is bound to, or -1; owner
+  platform::note park;             // sleeps here when idle
+  m* schedlink = nullptr;          // idle list; sched.lock
+  m* alllink = nullptr;            // allm; sched.lock
+  int tid = 0;                     // kernel thread id
+  std::thread thread;              // joined at shutdown (not for M0, the caller of run)
+  bool exited = false;             // left the scheduler loop; sched.lock
+  // The pending after-switch action (see "Parking"). Written by the context
+  // switching away, consumed by the context switched to, on this M.
+  after_switch pending = after_switch::none;
+  g* pending_g = nullptr;
+  unlock_fn pending_unlock = nullptr;
+  void* pending_arg = nullptr;
+  std::uint64_t fastrand = 0;      // owner
+};
+
+// A processor.
+struct p {
+  int id = 0;
+  std::atomic<pstatus> status{pstatus::idle};
+  std::atomic<m*> curm{nullptr};   // the M it is attached to; owner writes, sysmon reads
+  p* link = nullptr;               // idle list; sched.lock
+  std::uint32_t schedtick = 0;     // incremented on every schedule that does not inherit; owner
+  std::atomic<std::uint32_t> schedtick_pub{0};  // schedtick, published for sysmon
+  std::atomic<std::uint32_t> syscalltick{0};    // incremented on every blocking call
+  run_queue<g> runq;
+  timer_heap timers;
+  platform::stack_cache stackcache;  // owner
+  int cpu = -1;                    // the CPU its M is pinned to, or -1
+  // sysmon's view (sysmon only).
+  std::uint32_t sysmon_schedtick = 0;
+  std::int64_t sysmon_schedwhen = 0;
+  std::uint32_t sysmon_syscalltick = 0;
+  std::int64_t sysmon_syscallwhen = 0;
+};
+
+// The global scheduler state (Go's schedt).
+struct schedt {
+  futex_mutex lock;
+
+  m* midle = nullptr;              // idle Ms waiting for work; lock
+  int nmidle = 0;                  // lock
+  int mcount = 0;                  // Ms created, excluding sysmon; lock
+  int mexited = 0;                 // Ms that left the loop at shutdown; lock
+  m* allm = nullptr;               // lock
+  p* pidle = nullptr;              // idle Ps; lock
+  std::atomic<int> npidle{0};
+  std::atomic<int> nmspinning{0};  // see "Worker thread parking/unparking"
+
+  g* runqhead = nullptr;           // global run queue; lock
+  g* runqtail = nullptr;
+  std::atomic<int> runqsize{0};    // written under lock, read racily as a hint
+
+  std::vector<p*> allp;            // fixed for the runtime's life
+  std::vector<std::uint32_t> coprimes;  // strides coprime with gomaxprocs, for steal order
+  int gomaxprocs = 0;
+  std::atomic<std::int64_t> ngoroutines{0};  // live Gs, main included
+  std::atomic<std::uint64_t> next_goid{1};
+
+  // Timed wait (see "Timed wait" in proc.cpp): the M sleeping until the next
+  // timer, and until when. lock.
+  m* timer_waiter = nullptr;
+  std::atomic<std::int64_t> poll_until{0};
+
+  // sysmon.
+  platform::note sysmon_note;
+  std::atomic<bool> sysmon_wait{false};  // sysmon sleeps on sysmon_note until woken
+  std::thread sysmon_thread;
+
+  // Lifecycle.
+  std::atomic<bool> stopping{false};  // main returned, or deadlock: Ms leave their loops
+  bool deadlock = false;               // lock
+  std::exception_ptr main_exception;   // main goroutine only
+  g* main_g = nullptr;
+
+  // Configuration.
+  std::int64_t quantum_ns = 10'000'000;
+  bool async_preempt = true;
+  bool pin_threads = false;
+  std::vector<int> cpus;           // affinity mask, for pinning
+  std::int64_t schedtrace_ms = 0;
+  bool scheddetail = false;
+  std::int64_t start_time = 0;
+  platform::stack_pool* stacks = nullptr;
+
+  // Counters (relaxed).
+  std::atomic<std::uint64_t> goroutines_created{0};
+  std::atomic<std::uint64_t> steals{0};
+  std::atomic<std::uint64_t> handoffs{0};
+  std::atomic<std::uint64_t> preempt_requests{0};
+  std::atomic<std::uint64_t> threads_created{0};
+};
+
+extern schedt* sched;  // the running runtime, or nullptr
+
+// ---- Scheduler entry points used by the rest of the runtime (proc.cpp) ----
+
+g* getg();  // the running goroutine, or nullptr on g0 / outside the runtime
+m* getm();
+
+// Parks the running goroutine with `reason`. After the switch away, the
+// scheduler calls unlockf(gp, arg) (if non-null) from the next context; if it
+// returns false the goroutine is made runnable again at once. Typical use:
+// hold a lock, enqueue a waiter record, park with an unlockf that releases
+// the lock. Go's gopark.
+void gopark(unlock_fn unlockf, void* arg, waitreason reason);
+
+// Makes a parked goroutine runnable, in the caller's runnext (it inherits the
+// time slice) when `next`, and wakes an idle P if there is one. Callable from
+// a goroutine, g0 or a timer callback; from a thread without a P it uses the
+// global queue. Go's goready.
+void goready(g* gp, bool next = true);
+
+// Cooperative preemption point: yields if sysmon asked this goroutine to.
+void check_preempt();
+
+// Timers on the current P's heap (P 0's when called without a P).
+void add_timer(timer* t);
+bool del_timer(timer* t);
+
+}  // namespace urge::runtime

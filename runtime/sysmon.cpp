@@ -1,0 +1,196 @@
+// sysmon: the system monitor (Go's sysmon in proc.go).
+//
+// A thread of its own, without a P, that watches the Ps:
+//  - a P whose goroutine has run for longer than the quantum on one schedtick
+//    gets a preemption request (preemptone);
+//  - a P whose M has been in a blocking call for more than one sysmon tick is
+//    retaken and handed to another M when there is work for it (retake);
+//  - every schedtrace interval it prints Go's SCHED line.
+// It sleeps 20 us between looks, doubling after 1 ms without anything to do,
+// up to 10 ms; when every P is idle it sleeps until a P wakes up (pidleget and
+// enter_blocking_call wake it), so an idle runtime costs no CPU.
+#include <cinttypes>
+#include <cstdio>
+#include <mutex>
+
+#include "platform/cpu.hpp"
+#include "runtime/runtime2.hpp"
+#include "runtime/sched_internal.hpp"
+
+namespace urge::runtime {
+
+namespace {
+
+// Asks the goroutine running on pp to yield at its next scheduling point.
+void preemptone(p* pp) {
+  m* mp = pp->curm.load(std::memory_order_relaxed);
+  if (!mp) return;
+  g* gp = mp->curg.load(std::memory_order_relaxed);
+  if (!gp) return;
+  gp->preempt.store(true, std::memory_order_relaxed);
+  sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Returns how many Ps were retaken from blocking calls.
+int retake(std::int64_t now) {
+  int n = 0;
+  for (p* pp : sched->allp) {
+    pstatus s = pp->status.load(std::memory_order_acquire);
+    if (s == pstatus::syscall) {
+      // Retake the P if its M has been blocked for more than one sysmon tick
+      // (the tick changes on every call: a fresh call is left alone).
+      std::uint32_t t = pp->syscalltick.load(std::memory_order_relaxed);
+      if (pp->sysmon_syscalltick != t) {
+        pp->sysmon_syscalltick = t;
+        pp->sysmon_syscallwhen = now;
+        continue;
+      }
+      // No work for it and someone else could take new work: leave it, for
+      // up to 10 ms, so that the blocked M gets it back without a handoff.
+      if (pp->runq.empty() &&
+          sched->nmspinning.load(std::memory_order_relaxed) +
+                  sched->npidle.load(std::memory_order_relaxed) >
+              0 &&
+          pp->sysmon_syscallwhen + 10'000'000 > now) {
+        continue;
+      }
+      pstatus expect = pstatus::syscall;
+      if (pp->status.compare_exchange_strong(expect, pstatus::idle, std::memory_order_acq_rel)) {
+        ++n;
+        pp->syscalltick.fetch_add(1, std::memory_order_relaxed);
+        sched->handoffs.fetch_add(1, std::memory_order_relaxed);
+        handoffp(pp);
+      }
+    } else if (s == pstatus::running) {
+      std::uint32_t t = pp->schedtick_pub.load(std::memory_order_relaxed);
+      if (pp->sysmon_schedtick != t) {
+        pp->sysmon_schedtick = t;
+        pp->sysmon_schedwhen = now;
+      } else if (pp->sysmon_schedwhen + sched->quantum_ns <= now) {
+        preemptone(pp);
+        // Ask again one quantum later if it keeps running.
+        pp->sysmon_schedwhen = now;
+      }
+    }
+  }
+  return n;
+}
+
+void sysmon_main() {
+  std::int64_t idle = 0;   // consecutive ticks with nothing to do
+  std::int64_t delay = 0;  // microseconds
+  std::int64_t last_trace = platform::nanotime();
+  for (;;) {
+    if (idle == 0) {
+      delay = 20;
+    } else if (idle > 50) {
+      delay *= 2;  // start doubling after 1 ms of idleness
+    }
+    if (delay > 10'000) delay = 10'000;
+    platform::notetsleep(sched->sysmon_note, delay * 1000);
+    if (sched->stopping.load(std::memory_order_acquire)) return;
+    platform::noteclear(sched->sysmon_note);
+
+    // Deep sleep while every P is idle and no trace is wanted.
+    if (sched->schedtrace_ms <= 0 &&
+        sched->npidle.load(std::memory_order_acquire) == sched->gomaxprocs) {
+      sched->lock.lock();
+      if (sched->npidle.load(std::memory_order_relaxed) == sched->gomaxprocs &&
+          !sched->stopping.load(std::memory_order_relaxed)) {
+        sched->sysmon_wait.store(true, std::memory_order_relaxed);
+        sched->lock.unlock();
+        platform::notesleep(sched->sysmon_note);
+        sched->lock.lock();
+        sched->sysmon_wait.store(false, std::memory_order_relaxed);
+        platform::noteclear(sched->sysmon_note);
+        idle = 0;
+        delay = 20;
+      }
+      sched->lock.unlock();
+      if (sched->stopping.load(std::memory_order_acquire)) return;
+    }
+
+    std::int64_t now = platform::nanotime();
+    if (retake(now) != 0) {
+      idle = 0;
+    } else {
+      ++idle;
+    }
+    if (sched->schedtrace_ms > 0 && now - last_trace >= sched->schedtrace_ms * 1'000'000) {
+      last_trace = now;
+      schedtrace(sched->scheddetail);
+    }
+  }
+}
+
+}  // namespace
+
+void start_sysmon() { sched->sysmon_thread = std::thread(sysmon_main); }
+
+void stop_sysmon() {
+  {
+    std::lock_guard lock(sched->lock);
+    sched->stopping.store(true, std::memory_order_release);
+  }
+  platform::notewakeup(sched->sysmon_note);
+  if (sched->sysmon_thread.joinable()) sched->sysmon_thread.join();
+}
+
+// Go's schedtrace: one SCHED line; with detail, one line per P, M and G.
+void schedtrace(bool detailed) {
+  std::int64_t now = platform::nanotime();
+  std::lock_guard lock(sched->lock);
+  std::FILE* out = stderr;
+  std::fprintf(out,
+               "SCHED %" PRId64 "ms: gomaxprocs=%d idleprocs=%d threads=%d spinningthreads=%d "
+               "idlethreads=%d runqueue=%d",
+               (now - sched->start_time) / 1'000'000, sched->gomaxprocs,
+               sched->npidle.load(std::memory_order_relaxed),
+               sched->mcount - sched->mexited + 1,  // + sysmon, as Go counts it
+               sched->nmspinning.load(std::memory_order_relaxed), sched->nmidle,
+               sched->runqsize.load(std::memory_order_relaxed));
+  if (detailed) {
+    std::fprintf(out, " gcwaiting=0 nmidlelocked=0 stopwait=0 sysmonwait=%d\n",
+                 sched->sysmon_wait.load(std::memory_order_relaxed) ? 1 : 0);
+  } else {
+    std::fputs(" [", out);
+    for (std::size_t i = 0; i < sched->allp.size(); ++i) {
+      std::fprintf(out, i ? " %u" : "%u", sched->allp[i]->runq.size());
+    }
+    std::fputs("]\n", out);
+    std::fflush(out);
+    return;
+  }
+  for (p* pp : sched->allp) {
+    m* mp = pp->curm.load(std::memory_order_relaxed);
+    std::fprintf(out,
+                 "  P%d: status=%u schedtick=%u syscalltick=%u m=%d runqsize=%u gfreecnt=%zu "
+                 "timerslen=%zu\n",
+                 pp->id, static_cast<unsigned>(pp->status.load(std::memory_order_relaxed)),
+                 pp->schedtick_pub.load(std::memory_order_relaxed),
+                 pp->syscalltick.load(std::memory_order_relaxed), mp ? mp->id : -1,
+                 pp->runq.size(), pp->stackcache.size(), pp->timers.size());
+  }
+  for (m* mp = sched->allm; mp; mp = mp->alllink) {
+    if (mp->exited) continue;
+    g* gp = mp->curg.load(std::memory_order_relaxed);
+    p* pp = mp->curp;
+    std::fprintf(out,
+                 "  M%d: p=%d curg=%lld mallocing=0 throwing=0 preemptoff= locks=0 dying=0 "
+                 "spinning=%s blocked=%s lockedg=-1\n",
+                 mp->id, pp ? pp->id : -1, gp ? static_cast<long long>(gp->goid) : -1LL,
+                 mp->spinning ? "true" : "false", mp->blocked ? "true" : "false");
+  }
+  for (g* gp = allgs(); gp; gp = gp->alllink) {
+    gstatus st = gp->status.load(std::memory_order_relaxed);
+    if (st == gstatus::dead || st == gstatus::idle) continue;
+    m* mp = gp->curm;
+    std::fprintf(out, "  G%llu: status=%u(%s) m=%d lockedm=-1\n",
+                 static_cast<unsigned long long>(gp->goid), static_cast<unsigned>(st),
+                 st == gstatus::waiting ? to_string(gp->reason) : "",
+                 st == gstatus::running || st == gstatus::syscall ? (mp ? mp->id : -1) : -1);
+  }
+  std::fflush(out);
+}
+
+}  // namespace urge::runtime
