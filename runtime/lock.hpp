@@ -12,22 +12,29 @@
 #include <cstdint>
 
 #include "platform/futex.hpp"
+#include "runtime/preempt.hpp"
 
 namespace urge::runtime {
 
 class futex_mutex {
  public:
+  // Holding a runtime lock makes the thread unsafe for asynchronous
+  // preemption (see "Unsafe points" in runtime/preempt.hpp).
   void lock() {
+    ++preempt_off;
     std::uint32_t c = 0;
     if (key_.compare_exchange_strong(c, 1, std::memory_order_acquire)) return;
     lock_slow();
   }
   bool try_lock() {
     std::uint32_t c = 0;
-    return key_.compare_exchange_strong(c, 1, std::memory_order_acquire);
+    if (!key_.compare_exchange_strong(c, 1, std::memory_order_acquire)) return false;
+    ++preempt_off;
+    return true;
   }
   void unlock() {
     if (key_.exchange(0, std::memory_order_release) == 2) platform::futex_wake(&key_, 1);
+    --preempt_off;
   }
 
  private:

@@ -68,6 +68,7 @@
 #include <typeinfo>
 
 #include "platform/cpu.hpp"
+#include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
 
@@ -384,6 +385,7 @@ void wake_netpoller(std::int64_t when) {
 }
 
 void add_timer(timer* t) {
+  preempt_off_scope no_preempt;
   m* mp = getm();
   p* pp = mp && mp->curp ? mp->curp : sched->allp[0];
   if (pp->timers.add(t)) wake_netpoller(t->when);
@@ -419,7 +421,22 @@ static void prepare_execute(m* mp, p* pp, g* gp, bool inherit) {
 // The cheap part of schedule(): the global queue every 61st tick (so that a
 // P whose goroutines keep each other busy cannot starve it), due timers, then
 // the local queue. nullptr: the caller must go to g0 and look further.
-static g* pick_local(p* pp, bool& inherit) {
+static g* lockedq_pop(m* mp) {
+  g* gp = mp->lockedq_head;
+  if (gp) {
+    mp->lockedq_head = gp->schedlink;
+    if (!mp->lockedq_head) mp->lockedq_tail = nullptr;
+  }
+  return gp;
+}
+
+static g* pick_local(m* mp, p* pp, bool& inherit) {
+  // Goroutines stopped asynchronously on this M take turns with the P's
+  // queue, so that two CPU hogs on one P alternate.
+  if (mp->lockedq_head && (pp->runq.empty() || (mp->lockedtick++ & 1) == 0)) {
+    inherit = false;
+    return lockedq_pop(mp);
+  }
   if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 1)) {
@@ -480,6 +497,16 @@ void run_pending(m* mp) {
       }
       break;
     }
+    case after_switch::ready_locked:
+      gp->status.store(gstatus::runnable, std::memory_order_release);
+      gp->schedlink = nullptr;
+      if (mp->lockedq_tail) {
+        mp->lockedq_tail->schedlink = gp;
+      } else {
+        mp->lockedq_head = gp;
+      }
+      mp->lockedq_tail = gp;
+      break;
     case after_switch::none:
       break;
   }
@@ -487,8 +514,14 @@ void run_pending(m* mp) {
 
 // Leaves the running goroutine gp for the next runnable goroutine of this P,
 // or for g0 when there is none; `act` is done for gp by the next context.
-// Returns the M that later resumes gp (nullptr never: exit does not return).
+// Returns once gp runs again, after doing the pending action of whoever
+// switched back to it; returns the M it now runs on.
+//
+// Every switch is made with preempt_off raised by one, and the context that
+// resumes lowers it after run_pending (g0 keeps a baseline of one instead):
+// no signal may stop a goroutine halfway through the scheduler.
 static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, void* arg = nullptr) {
+  ++preempt_off;
   mp->pending = act;
   mp->pending_g = gp;
   mp->pending_unlock = f;
@@ -497,7 +530,7 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
   p* pp = mp->curp;
   g* next = nullptr;
   bool inherit = false;
-  if (pp && !sched->stopping.load(std::memory_order_relaxed)) next = pick_local(pp, inherit);
+  if (pp && !sched->stopping.load(std::memory_order_relaxed)) next = pick_local(mp, pp, inherit);
   arch::context* to;
   if (next) {
     prepare_execute(mp, pp, next, inherit);
@@ -507,7 +540,15 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
     to = &mp->g0;
   }
   if (act == after_switch::exit) arch::exit_to_context(gp->ctx, *to, mp);
-  return static_cast<m*>(arch::switch_context(gp->ctx, *to, mp));
+  m* back = static_cast<m*>(arch::switch_context(gp->ctx, *to, mp));
+  run_pending(back);
+  --preempt_off;
+  return back;
+}
+
+void gopark_locked_to_m() {
+  g* gp = getg();
+  switch_away(gp, gp->curm, after_switch::ready_locked);
 }
 
 // Parks the running goroutine; see runtime2.hpp.
@@ -517,11 +558,11 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   gp->reason = reason;
   gp->waitsince = coarse_nanotime();
   gp->status.store(gstatus::waiting, std::memory_order_release);
-  m* mp = switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
-  run_pending(mp);
+  switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
 
 void goready(g* gp, bool next) {
+  preempt_off_scope no_preempt;
   gstatus expect = gstatus::waiting;
   if (!gp->status.compare_exchange_strong(expect, gstatus::runnable, std::memory_order_acq_rel)) {
     char buf[96];
@@ -540,10 +581,7 @@ void goready(g* gp, bool next) {
   wakep();
 }
 
-static void gosched_global(g* gp) {
-  m* mp = switch_away(gp, gp->curm, after_switch::ready_global);
-  run_pending(mp);
-}
+static void gosched_global(g* gp) { switch_away(gp, gp->curm, after_switch::ready_global); }
 
 void check_preempt() {
   g* gp = getg();
@@ -562,6 +600,7 @@ top:
   if (sched->stopping.load(std::memory_order_acquire)) return nullptr;
   p* pp = mp->curp;
   inherit = false;
+  if (g* gp = lockedq_pop(mp)) return gp;  // only this M may run them
   std::int64_t now = platform::nanotime();
   if (std::int64_t when = pp->timers.earliest(); when != 0 && when <= now) pp->timers.run_due(now);
 
@@ -714,6 +753,7 @@ static void schedule_loop(m* mp) {
 
 static void mstart(m* mp) {
   tls_m = mp;
+  preempt_off = 1;  // g0's baseline: see switch_away
   mp->tid = platform::current_tid();
   arch::init_thread_context(mp->g0);
   platform::ensure_alt_stack();
@@ -763,6 +803,7 @@ static void goroutine_entry(void* arg, void* transfer) {
   arch::context_started();
   auto* gp = static_cast<g*>(arg);
   run_pending(static_cast<m*>(transfer));
+  --preempt_off;  // we were switched to with it raised: see switch_away
   if (gp->is_main) {
     try {
       gp->fn(gp->closure);
@@ -863,6 +904,7 @@ static void newproc_ready(m* mp, g* gp) {
 // ---- Blocking calls (Go's entersyscall / exitsyscall) ----------------------
 
 void enter_blocking_call() {
+  preempt_off_scope no_preempt;
   g* gp = getg();
   m* mp = gp->curm;
   p* pp = mp->curp;
@@ -883,6 +925,7 @@ void enter_blocking_call() {
 }
 
 void exit_blocking_call() {
+  preempt_off_scope no_preempt;
   g* gp = getg();
   m* mp = gp->curm;
   p* oldp = mp->oldp;
@@ -906,11 +949,13 @@ void exit_blocking_call() {
     return;
   }
   // Slow path (exitsyscall0): queue the goroutine and park this M, from g0.
+  ++preempt_off;
   mp->pending = after_switch::exit_blocking;
   mp->pending_g = gp;
   mp->curg.store(nullptr, std::memory_order_relaxed);
   m* back = static_cast<m*>(arch::switch_context(gp->ctx, mp->g0, mp));
   run_pending(back);
+  --preempt_off;
 }
 
 // ---- Deadlock detection and shutdown ----------------------------------------
@@ -1033,6 +1078,7 @@ spawn_slot newproc_begin(std::size_t closure_size, std::size_t closure_align, cl
                          void* creator_pc) {
   m* mp = getm();
   if (!sched || !mp) throw std::logic_error("urge::go called outside urge::run");
+  preempt_off_scope no_preempt;
   void* closure = nullptr;
   g* gp = allocg(mp->curp, closure_size, closure_align, &closure);
   gp->fn = run;
@@ -1044,6 +1090,7 @@ spawn_slot newproc_begin(std::size_t closure_size, std::size_t closure_align, cl
 }
 
 void newproc_commit(spawn_slot slot) noexcept {
+  preempt_off_scope no_preempt;
   m* mp = getm();
   // newproc_begin ran on this goroutine; a closure constructor that yields
   // may have moved us to another M, which getm() accounts for.
@@ -1051,6 +1098,7 @@ void newproc_commit(spawn_slot slot) noexcept {
 }
 
 void newproc_abort(spawn_slot slot) noexcept {
+  preempt_off_scope no_preempt;
   m* mp = getm();
   freeg_unused(mp ? mp->curp : nullptr, static_cast<g*>(slot.g));
 }
@@ -1121,8 +1169,11 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   sched->next_goid.store(1, std::memory_order_relaxed);
   newproc_ready(&m0, maing);
 
+  preempt_init();
   start_sysmon();
+  preempt_off = 1;  // g0's baseline: see switch_away
   schedule_loop(&m0);
+  preempt_off = 0;
 
   // Shutdown: every other M leaves its loop at its next scheduling point.
   {
@@ -1176,8 +1227,7 @@ void yield() {
     std::int64_t when = pp->timers.earliest();
     if (when == 0 || when > platform::nanotime()) return;
   }
-  m* back = switch_away(gp, mp, after_switch::ready_local);
-  run_pending(back);
+  switch_away(gp, mp, after_switch::ready_local);
 }
 
 namespace {
@@ -1220,6 +1270,10 @@ sched_stats stats() {
   st.handoffs = sched->handoffs.load(std::memory_order_relaxed);
   st.preempt_requests = sched->preempt_requests.load(std::memory_order_relaxed);
   st.threads = sched->threads_created.load(std::memory_order_relaxed) + 1;
+  preempt_counters pc = preempt_stats();
+  st.preempt_signals = pc.signals;
+  st.preempts_taken = pc.taken;
+  st.preempts_deferred = pc.deferred;
   return st;
 }
 

@@ -15,6 +15,8 @@
 // atomics say so.
 #pragma once
 
+#include <signal.h>
+
 #include <atomic>
 #include <cstdint>
 #include <exception>
@@ -79,6 +81,7 @@ enum class after_switch : std::uint8_t {
   park,          // park: call unlockf; if it says no, make it runnable again
   exit,          // it returned: recycle its stack
   exit_blocking, // back from a blocking call with no P: queue it globally (exitsyscall0)
+  ready_locked,  // stopped asynchronously: runnable on this M's private queue only
 };
 
 using unlock_fn = bool (*)(g* gp, void* arg);
@@ -132,6 +135,15 @@ struct m {
   unlock_fn pending_unlock = nullptr;
   void* pending_arg = nullptr;
   std::uint64_t fastrand = 0;      // owner
+  // Asynchronous preemption (preempt.cpp). Goroutines stopped at an arbitrary
+  // instruction wait here, to resume on this thread; owner only.
+  g* lockedq_head = nullptr;
+  g* lockedq_tail = nullptr;
+  std::uint32_t lockedtick = 0;
+  std::atomic<bool> signal_pending{false};  // a SIGURG is in flight to this M
+  bool in_preempt = false;         // between the handler's redirect and the switch; owner
+  void* resume_ctx = nullptr;      // saved state to resume through the next SIGURG; owner
+  sigset_t resume_mask{};          // the thread's mask to restore with it; owner
 };
 
 // A processor.

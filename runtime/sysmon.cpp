@@ -11,9 +11,11 @@
 // enter_blocking_call wake it), so an idle runtime costs no CPU.
 #include <cinttypes>
 #include <cstdio>
+#include <algorithm>
 #include <mutex>
 
 #include "platform/cpu.hpp"
+#include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
 
@@ -21,15 +23,20 @@ namespace urge::runtime {
 
 namespace {
 
-// Asks the goroutine running on pp to yield at its next scheduling point.
+// Asks the goroutine running on pp to stop: by flag at its next scheduling
+// point, and by signal where asynchronous preemption is on (preempt.cpp).
 void preemptone(p* pp) {
   m* mp = pp->curm.load(std::memory_order_relaxed);
   if (!mp) return;
   g* gp = mp->curg.load(std::memory_order_relaxed);
   if (!gp) return;
-  gp->preempt.store(true, std::memory_order_relaxed);
-  sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
+  preempt_request(mp, gp);
 }
+
+// Beyond Go: a timer due on a P whose goroutine has run for this long gets
+// the goroutine preempted, instead of waiting out the quantum
+// (golang/go#38860: CPU hogs delayed timers by ~10 ms).
+constexpr std::int64_t timer_preempt_ns = 1'000'000;
 
 // Returns how many Ps were retaken from blocking calls.
 int retake(std::int64_t now) {
@@ -70,6 +77,9 @@ int retake(std::int64_t now) {
         preemptone(pp);
         // Ask again one quantum later if it keeps running.
         pp->sysmon_schedwhen = now;
+      } else if (std::int64_t when = pp->timers.earliest();
+                 when != 0 && when <= now && pp->sysmon_schedwhen + timer_preempt_ns <= now) {
+        preemptone(pp);
       }
     }
   }
@@ -87,6 +97,13 @@ void sysmon_main() {
       delay *= 2;  // start doubling after 1 ms of idleness
     }
     if (delay > 10'000) delay = 10'000;
+    // While goroutines run, look often enough that a hog is noticed within
+    // ~1 ms of its quantum ending and a due timer within ~1 ms.
+    if (sched->npidle.load(std::memory_order_relaxed) < sched->gomaxprocs) {
+      std::int64_t cap = std::min<std::int64_t>(1'000, sched->quantum_ns / 10'000);
+      if (cap < 20) cap = 20;
+      if (delay > cap) delay = cap;
+    }
     platform::notetsleep(sched->sysmon_note, delay * 1000);
     if (sched->stopping.load(std::memory_order_acquire)) return;
     platform::noteclear(sched->sysmon_note);

@@ -175,7 +175,11 @@ struct sched_stats {
   std::uint64_t goroutines_created = 0;
   std::uint64_t steals = 0;           // successful work steals
   std::uint64_t handoffs = 0;         // Ps handed off from blocking calls by sysmon
-  std::uint64_t preempt_requests = 0; // cooperative preemption flags set by sysmon
+  std::uint64_t preempt_requests = 0; // preemption requests made by sysmon
+  // Asynchronous preemption, process-wide totals:
+  std::uint64_t preempt_signals = 0;   // SIGURGs sent
+  std::uint64_t preempts_taken = 0;    // goroutines stopped at an arbitrary instruction
+  std::uint64_t preempts_deferred = 0; // requests that found an unsafe point and waited
   std::uint64_t threads = 0;          // Ms created (sysmon excluded)
 };
 sched_stats stats();
