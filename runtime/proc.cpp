@@ -1170,6 +1170,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   newproc_ready(&m0, maing);
 
   preempt_init();
+  install_sigquit();
   start_sysmon();
   preempt_off = 1;  // g0's baseline: see switch_away
   schedule_loop(&m0);
@@ -1182,6 +1183,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
     sched->mexited++;
   }
   stop_sysmon();
+  restore_sigquit();
   for (m* mp = sched->allm; mp; mp = mp->alllink) {
     if (mp != &m0 && mp->thread.joinable()) mp->thread.join();
   }

@@ -56,5 +56,13 @@ void schedtrace(bool detailed);
 // traceback.cpp
 void print_goroutine_header(std::FILE* out, g* gp, const char* state_override);
 void print_traceback_here(std::FILE* out);
+void print_traceback_parked(std::FILE* out, g* gp);
+void print_created_by(std::FILE* out, g* gp);
+void dump_all(std::FILE* out);  // every live goroutine, Go's format
+
+// debug.cpp
+void install_sigquit();
+void restore_sigquit();
+void check_sigquit();  // sysmon: dumps and exits if SIGQUIT arrived
 
 }  // namespace urge::runtime

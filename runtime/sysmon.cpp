@@ -105,6 +105,7 @@ void sysmon_main() {
       if (delay > cap) delay = cap;
     }
     platform::notetsleep(sched->sysmon_note, delay * 1000);
+    check_sigquit();
     if (sched->stopping.load(std::memory_order_acquire)) return;
     platform::noteclear(sched->sysmon_note);
 
@@ -117,6 +118,7 @@ void sysmon_main() {
         sched->sysmon_wait.store(true, std::memory_order_relaxed);
         sched->lock.unlock();
         platform::notesleep(sched->sysmon_note);
+        check_sigquit();
         sched->lock.lock();
         sched->sysmon_wait.store(false, std::memory_order_relaxed);
         platform::noteclear(sched->sysmon_note);

@@ -4,6 +4,7 @@
 // goroutine-aware synchronisation. See each header for its API.
 #pragma once
 
+#include "urge/debug.hpp"
 #include "urge/errors.hpp"
 #include "urge/runtime.hpp"
 #include "urge/sync.hpp"
