@@ -68,6 +68,7 @@
 #include <typeinfo>
 
 #include "platform/cpu.hpp"
+#include "runtime/netpoll.hpp"
 #include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
@@ -377,7 +378,7 @@ void wake_netpoller(std::int64_t when) {
     if (until <= when) return;
     std::lock_guard lock(sched->lock);
     if (sched->timer_waiter && sched->poll_until.load(std::memory_order_relaxed) > when) {
-      platform::notewakeup(sched->timer_waiter->park);
+      netpoll_break();
     }
     return;
   }
@@ -430,6 +431,12 @@ static g* lockedq_pop(m* mp) {
   return gp;
 }
 
+static void run_due_timers(p* pp) {
+  if (std::int64_t when = pp->timers.earliest(); when != 0 && when <= platform::nanotime()) {
+    pp->timers.run_due(platform::nanotime());
+  }
+}
+
 static g* pick_local(m* mp, p* pp, bool& inherit) {
   // Goroutines stopped asynchronously on this M take turns with the P's
   // queue, so that two CPU hogs on one P alternate.
@@ -444,9 +451,13 @@ static g* pick_local(m* mp, p* pp, bool& inherit) {
       return gp;
     }
   }
-  if (std::int64_t when = pp->timers.earliest(); when != 0 && when <= platform::nanotime()) {
-    pp->timers.run_due(platform::nanotime());
-  }
+  // Not while a parking goroutine still holds the locks its unlockf will
+  // drop: a callback sending on that channel would deadlock on this M.
+  // run_pending runs them after the unlockf instead.
+  if (!(mp->pending == after_switch::park && mp->pending_unlock)) run_due_timers(pp);
+  // io_uring completions are read from shared memory, without a system call;
+  // queued requests go out every 8th schedule while the P stays busy.
+  netpoll_check_local(pp, (pp->schedtick & 7) == 0);
   return pp->runq.get(inherit);
 }
 
@@ -469,10 +480,14 @@ void run_pending(m* mp) {
       break;
     }
     case after_switch::park:
-      if (mp->pending_unlock && !mp->pending_unlock(gp, mp->pending_arg)) {
-        // The park was called off (the awaited event already happened).
-        gp->status.store(gstatus::runnable, std::memory_order_release);
-        runqput(mp->curp, gp, true);
+      if (mp->pending_unlock) {
+        if (!mp->pending_unlock(gp, mp->pending_arg)) {
+          // The park was called off (the awaited event already happened).
+          gp->status.store(gstatus::runnable, std::memory_order_release);
+          runqput(mp->curp, gp, true);
+        }
+        // The timers pick_local left for after the unlock.
+        if (mp->curp) run_due_timers(mp->curp);
       }
       break;
     case after_switch::exit:
@@ -613,6 +628,12 @@ top:
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 0)) return gp;
   }
+  // The network, without blocking: submits this P's queued requests (they
+  // must be in the kernel before anyone sleeps) and takes what completed.
+  if (netpoll_has_waiters() && netpoll_poll_now(pp) > 0) {
+    if (g* gp = pp->runq.get(inherit)) return gp;
+    if (sched->runqsize.load(std::memory_order_relaxed) != 0) goto top;
+  }
 
   // Steal. Limit the number of spinning Ms to half the busy Ps, so that
   // spinning does not burn the CPU running goroutines need (Go's rule).
@@ -694,23 +715,24 @@ top:
     }
   }
 
-  // Timers pending somewhere: become the timer waiter unless there is one.
-  if (std::int64_t until = earliest_timer(); until != 0) {
+  // Timers pending somewhere, or goroutines waiting on the network: become
+  // the poller (Go's M blocked in netpoll) unless there is one.
+  std::int64_t until = earliest_timer();
+  if (until != 0 || netpoll_has_waiters()) {
     sched->lock.lock();
     if (!sched->timer_waiter && !sched->stopping.load(std::memory_order_relaxed)) {
       sched->timer_waiter = mp;
-      sched->poll_until.store(until, std::memory_order_release);
+      sched->poll_until.store(until != 0 ? until : INT64_MAX, std::memory_order_release);
       sched->lock.unlock();
-      std::int64_t delay = until - platform::nanotime();
-      if (delay > 0) {
+      std::int64_t delay = until != 0 ? until - platform::nanotime() : -1;
+      if (delay != 0) {
         mp->blocked = true;
-        platform::notetsleep(mp->park, delay);
+        netpoll_block(delay < 0 ? -1 : delay);  // readies what completed, globally
         mp->blocked = false;
       }
       sched->lock.lock();
       sched->timer_waiter = nullptr;
       sched->poll_until.store(0, std::memory_order_release);
-      platform::noteclear(mp->park);
       if (sched->stopping.load(std::memory_order_relaxed)) {
         sched->lock.unlock();
         return nullptr;
@@ -963,7 +985,7 @@ void exit_blocking_call() {
 void begin_stop_locked() {
   if (sched->stopping.exchange(true, std::memory_order_acq_rel)) return;
   for (m* mp = sched->midle; mp; mp = mp->schedlink) platform::notewakeup(mp->park);
-  if (sched->timer_waiter) platform::notewakeup(sched->timer_waiter->park);
+  if (sched->timer_waiter) netpoll_break();
   platform::notewakeup(sched->sysmon_note);
 }
 
@@ -1145,6 +1167,13 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
     if (a == 1) s->coprimes.push_back(i);
   }
   sched = s.get();
+  try {
+    netpoll_init(dbg.netpoll);
+  } catch (...) {
+    for (p* pp : sched->allp) delete pp;
+    sched = nullptr;
+    throw;
+  }
 
   m m0;
   m0.id = 0;
@@ -1205,6 +1234,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
     if (mp != &m0) delete mp;
     mp = next;
   }
+  netpoll_shutdown();
   for (p* pp : sched->allp) delete pp;
   sched = nullptr;
   tls_m = nullptr;

@@ -1,4 +1,11 @@
-// urge::mutex and urge::wait_group (Go's sync/mutex.go and waitgroup.go).
+// The sync package: mutex, wait_group, rw_mutex, cond, once, semaphore (Go's
+// sync/mutex.go, waitgroup.go, rwmutex.go, cond.go with runtime/sema.go's
+// notifyList, and golang.org/x/sync/semaphore).
+#include <sched.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 
 #include "platform/clock.hpp"
@@ -139,6 +146,248 @@ void wait_group::wait() {
       return;
     }
   }
+}
+
+// ---- rw_mutex (Go's rwmutex.go) ---------------------------------------------
+
+void rw_mutex::lock_shared_slow() {
+  // A writer is pending: wait until its unlock lets us in.
+  semacquire(&reader_sem_, false, waitreason::sync_rwmutex_rlock);
+}
+
+void rw_mutex::unlock_shared_slow(std::int32_t r) {
+  if (r + 1 == 0 || r + 1 == -max_readers) {
+    std::fputs("fatal error: sync: RUnlock of unlocked RWMutex\n", stderr);
+    std::abort();
+  }
+  // A writer is pending; the last reader it waits for wakes it.
+  if (reader_wait_.fetch_sub(1, std::memory_order_seq_cst) - 1 == 0) {
+    semrelease(&writer_sem_, 1, false);
+  }
+}
+
+void rw_mutex::lock() {
+  // First beat the other writers.
+  w_.lock();
+  // Announce ourselves: new readers now wait. r readers are inside.
+  std::int32_t r = reader_count_.fetch_sub(max_readers, std::memory_order_seq_cst);
+  // Wait for them (each leaving one decrements reader_wait_).
+  if (r != 0 && reader_wait_.fetch_add(r, std::memory_order_seq_cst) + r != 0) {
+    semacquire(&writer_sem_, false, waitreason::sync_rwmutex_lock);
+  }
+}
+
+bool rw_mutex::try_lock() {
+  if (!w_.try_lock()) return false;
+  std::int32_t zero = 0;
+  if (!reader_count_.compare_exchange_strong(zero, -max_readers, std::memory_order_acquire)) {
+    w_.unlock();
+    return false;
+  }
+  return true;
+}
+
+void rw_mutex::unlock() {
+  // Let the readers in again: r of them are waiting.
+  std::int32_t r = reader_count_.fetch_add(max_readers, std::memory_order_seq_cst) + max_readers;
+  if (r >= max_readers) {
+    std::fputs("fatal error: sync: Unlock of unlocked RWMutex\n", stderr);
+    std::abort();
+  }
+  if (r > 0) semrelease(&reader_sem_, static_cast<std::uint32_t>(r), false);
+  w_.unlock();
+}
+
+// ---- Waiter lists of cond and semaphore -------------------------------------
+
+namespace {
+
+// cond and semaphore keep their waiters in the object but lock them with a
+// lock from this table, hashed by the object's address: the objects stay
+// plain (no runtime type in the public header), and a releaser's last touch
+// of the object is under the lock, before it readies anyone.
+struct alignas(64) stripe {
+  futex_mutex lock;
+};
+constexpr std::size_t kStripes = 61;
+stripe stripes[kStripes];
+
+futex_mutex& lock_for(const void* obj) {
+  return stripes[(reinterpret_cast<std::uintptr_t>(obj) >> 4) % kStripes].lock;
+}
+
+bool unlock_stripe(g*, void* arg) {
+  static_cast<futex_mutex*>(arg)->unlock();
+  return true;
+}
+
+// Backoff for a plain thread (outside urge::run) waiting on a condition.
+void thread_backoff(int& i) {
+  if (i < 100) {
+    sched_yield();
+  } else {
+    platform::usleep_thread(i < 1000 ? 10 : 200);
+  }
+  ++i;
+}
+
+// A goroutine waiting in a cond or semaphore; on its stack.
+struct list_waiter {
+  g* gp = nullptr;
+  list_waiter* next = nullptr;
+  std::uint32_t ticket = 0;  // cond
+  std::int64_t n = 0;        // semaphore: units wanted
+};
+
+bool ticket_less(std::uint32_t a, std::uint32_t b) { return static_cast<std::int32_t>(a - b) < 0; }
+
+}  // namespace
+
+// ---- cond (Go's notifyList, runtime/sema.go) ----------------------------------
+
+void cond::wait(std::unique_lock<mutex>& lock) {
+  // Take a ticket before unlocking: a signal after this point is ours.
+  const std::uint32_t t = wait_.fetch_add(1, std::memory_order_seq_cst);
+  lock.unlock();
+  futex_mutex& l = lock_for(this);
+  if (g* gp = getg()) {
+    l.lock();
+    if (ticket_less(t, notify_.load(std::memory_order_relaxed))) {
+      l.unlock();  // already notified
+    } else {
+      list_waiter w;
+      w.gp = gp;
+      w.ticket = t;
+      if (tail_) {
+        static_cast<list_waiter*>(tail_)->next = &w;
+      } else {
+        head_ = &w;
+      }
+      tail_ = &w;
+      gopark(unlock_stripe, &l, waitreason::sync_cond_wait);
+    }
+  } else {
+    // A plain thread: wait for the notify counter to pass our ticket.
+    for (int i = 0; !ticket_less(t, notify_.load(std::memory_order_acquire));) thread_backoff(i);
+  }
+  lock.lock();
+}
+
+void cond::signal() {
+  // Fast path: no waiters since the last notification.
+  if (wait_.load(std::memory_order_seq_cst) == notify_.load(std::memory_order_seq_cst)) return;
+  futex_mutex& l = lock_for(this);
+  l.lock();
+  const std::uint32_t t = notify_.load(std::memory_order_relaxed);
+  if (t == wait_.load(std::memory_order_seq_cst)) {
+    l.unlock();
+    return;
+  }
+  notify_.store(t + 1, std::memory_order_release);
+  // Ticket t's owner may not have queued yet; it will see notify_ past t.
+  list_waiter* prev = nullptr;
+  for (auto* w = static_cast<list_waiter*>(head_); w; prev = w, w = w->next) {
+    if (w->ticket != t) continue;
+    if (prev) {
+      prev->next = w->next;
+    } else {
+      head_ = w->next;
+    }
+    if (!w->next) tail_ = prev;
+    g* gp = w->gp;  // w dies with its goroutine's frame once readied
+    l.unlock();
+    goready(gp, true);
+    return;
+  }
+  l.unlock();
+}
+
+void cond::broadcast() {
+  if (wait_.load(std::memory_order_seq_cst) == notify_.load(std::memory_order_seq_cst)) return;
+  futex_mutex& l = lock_for(this);
+  l.lock();
+  auto* w = static_cast<list_waiter*>(head_);
+  head_ = tail_ = nullptr;
+  notify_.store(wait_.load(std::memory_order_seq_cst), std::memory_order_release);
+  l.unlock();
+  while (w) {
+    list_waiter* next = w->next;
+    goready(w->gp, true);
+    w = next;
+  }
+}
+
+// ---- semaphore ----------------------------------------------------------------
+
+void semaphore::acquire(std::int64_t n) {
+  if (n < 0) throw std::invalid_argument("urge::semaphore::acquire: negative count");
+  futex_mutex& l = lock_for(this);
+  l.lock();
+  if (!head_ && count_ >= n) {
+    count_ -= n;
+    l.unlock();
+    return;
+  }
+  g* gp = getg();
+  if (!gp) {
+    // A plain thread cannot queue: retry until it fits (no FIFO promise).
+    l.unlock();
+    for (int i = 0; !try_acquire(n);) thread_backoff(i);
+    return;
+  }
+  list_waiter w;
+  w.gp = gp;
+  w.n = n;
+  if (tail_) {
+    static_cast<list_waiter*>(tail_)->next = &w;
+  } else {
+    head_ = &w;
+  }
+  tail_ = &w;
+  // release() takes our units off the count before it readies us.
+  gopark(unlock_stripe, &l, waitreason::semacquire);
+}
+
+bool semaphore::try_acquire(std::int64_t n) {
+  if (n < 0) throw std::invalid_argument("urge::semaphore::try_acquire: negative count");
+  futex_mutex& l = lock_for(this);
+  std::lock_guard lock(l);
+  if (head_ || count_ < n) return false;
+  count_ -= n;
+  return true;
+}
+
+void semaphore::release(std::int64_t n) {
+  if (n < 0) throw std::invalid_argument("urge::semaphore::release: negative count");
+  futex_mutex& l = lock_for(this);
+  l.lock();
+  count_ += n;
+  // Serve the queue in order; stop at the first waiter that does not fit,
+  // even if a later one would (that is the fairness).
+  list_waiter* wake = nullptr;
+  list_waiter** wake_tail = &wake;
+  while (head_) {
+    auto* w = static_cast<list_waiter*>(head_);
+    if (w->n > count_) break;
+    count_ -= w->n;
+    head_ = w->next;
+    if (!head_) tail_ = nullptr;
+    w->next = nullptr;
+    *wake_tail = w;
+    wake_tail = &w->next;
+  }
+  l.unlock();
+  while (wake) {
+    list_waiter* next = wake->next;
+    goready(wake->gp, true);
+    wake = next;
+  }
+}
+
+std::int64_t semaphore::available() const {
+  futex_mutex& l = lock_for(this);
+  std::lock_guard lock(l);
+  return count_;
 }
 
 }  // namespace urge

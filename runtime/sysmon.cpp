@@ -15,6 +15,7 @@
 #include <mutex>
 
 #include "platform/cpu.hpp"
+#include "runtime/netpoll.hpp"
 #include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
@@ -90,6 +91,7 @@ void sysmon_main() {
   std::int64_t idle = 0;   // consecutive ticks with nothing to do
   std::int64_t delay = 0;  // microseconds
   std::int64_t last_trace = platform::nanotime();
+  std::int64_t last_poll = last_trace;
   for (;;) {
     if (idle == 0) {
       delay = 20;
@@ -130,6 +132,12 @@ void sysmon_main() {
     }
 
     std::int64_t now = platform::nanotime();
+    // Nobody has looked at the network for 10 ms (every M busy running
+    // goroutines): look, so that I/O-bound goroutines are not starved.
+    if (netpoll_has_waiters() && !sched->timer_waiter && now - last_poll >= 10'000'000) {
+      netpoll_poll_now(nullptr);
+      last_poll = now;
+    }
     if (retake(now) != 0) {
       idle = 0;
     } else {

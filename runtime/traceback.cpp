@@ -80,8 +80,8 @@ void print_frame(std::FILE* out, unw_cursor_t* cursor, unw_word_t ip, bool& skip
       skipped_runtime = true;
       return;
     }
-    print_demangled(out, name);
-    std::fputs("(...)\n", out);
+    print_demangled(out, name);  // C++ names carry their parameter types: no "(...)"
+    std::fputc('\n', out);
   } else {
     std::fputs("?()\n", out);
   }

@@ -1,0 +1,59 @@
+// io_uring: probing and one ring (liburing underneath).
+//
+// The runtime keeps one ring per P (runtime/netpoll.cpp). A ring is not
+// thread-safe, so its submission side and its completion side each have a
+// lock: the P's owner takes them uncontended; another thread takes them to
+// cancel a request or to reap completions of an idle P. That is what
+// io_uring requires (serialised access per side), without
+// IORING_SETUP_SINGLE_ISSUER, whose "one task" rule a P that moves between
+// threads could not keep.
+#pragma once
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <string>
+
+namespace urge::platform {
+
+// Sets up a small ring and checks that it works under the live seccomp
+// profile: a NOP round trip, then the opcodes the runtime needs. On failure
+// returns false with `why` saying which step failed.
+bool uring_probe(std::string& why);
+
+// True if the kernel supports multishot accept (IORING_ACCEPT_MULTISHOT).
+bool uring_has_multishot_accept();
+
+class uring {
+ public:
+  // entries: submission queue size; completions get twice that.
+  explicit uring(unsigned entries);
+  ~uring();
+  uring(const uring&) = delete;
+  uring& operator=(const uring&) = delete;
+
+  bool ok() const { return ok_; }
+  io_uring* raw() { return &ring_; }
+  int fd() const { return ring_.ring_fd; }
+
+  // A free submission entry, or nullptr when the queue is full (the caller
+  // submits and retries).
+  io_uring_sqe* get_sqe() { return io_uring_get_sqe(&ring_); }
+  unsigned pending() const { return io_uring_sq_ready(&ring_); }
+  // Submits everything queued; retries on EINTR. Returns what the kernel took.
+  int submit();
+  // Completions waiting, read from shared memory without a system call.
+  unsigned ready() const { return io_uring_cq_ready(&ring_); }
+  unsigned peek_batch(io_uring_cqe** cqes, unsigned n) {
+    return io_uring_peek_batch_cqe(&ring_, cqes, n);
+  }
+  void advance(unsigned n) { io_uring_cq_advance(&ring_, n); }
+  // Completions are signalled on this eventfd as well.
+  bool register_eventfd(int efd) { return io_uring_register_eventfd(&ring_, efd) == 0; }
+
+ private:
+  io_uring ring_{};
+  bool ok_ = false;
+};
+
+}  // namespace urge::platform

@@ -1,0 +1,783 @@
+// The network poller; the design is in runtime/netpoll.hpp.
+#include "runtime/netpoll.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include "platform/clock.hpp"
+#include "platform/epoll.hpp"
+#include "platform/uring.hpp"
+#include "runtime/runtime2.hpp"
+#include "runtime/sched_internal.hpp"
+#include "urge/sync.hpp"
+
+namespace urge::runtime {
+
+namespace {
+
+constexpr unsigned ring_entries = 1024;  // submission queue per P
+constexpr int max_inflight = 1024;       // per ring; the completion queue holds 2048
+
+struct ring_state;
+
+enum class op_kind : std::uint8_t { read, write, accept, connect };
+
+// One request, on the waiting goroutine's stack. Touched by the reaper until
+// it readies the goroutine, never after.
+struct uring_op {
+  g* gp = nullptr;
+  poll_desc* pd = nullptr;
+  op_kind kind = op_kind::read;
+  void* buf = nullptr;
+  std::size_t n = 0;
+  sockaddr* addr = nullptr;
+  socklen_t* addrlen = nullptr;
+  const sockaddr* caddr = nullptr;
+  socklen_t clen = 0;
+  ring_state* ring = nullptr;  // where it was queued; the ring's sq_mu
+  bool queued = false;         // in the backlog, not yet in the kernel; sq_mu
+  uring_op* next = nullptr;    // backlog link; sq_mu
+  std::int32_t res = 0;        // the completion's result
+};
+
+struct ring_state {
+  explicit ring_state(unsigned entries) : ring(entries) {}
+  platform::uring ring;
+  futex_mutex sq_mu;                // submission side
+  futex_mutex cq_mu;                // completion side
+  std::atomic<int> inflight{0};     // requests in the kernel
+  uring_op* backlog_head = nullptr;  // sq_mu
+  uring_op* backlog_tail = nullptr;
+};
+
+netpoll_backend g_kind = netpoll_backend::none;
+std::vector<std::unique_ptr<ring_state>> g_rings;  // by P id
+int g_efd = -1;                                    // io_uring completions and breaks
+std::unique_ptr<platform::epoll_poller> g_epoll;
+std::atomic<int> g_waiters{0};
+bool g_simulate_failure = false;
+
+class net_category_impl : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "urge.net"; }
+  std::string message(int) const override { return "use of closed network connection"; }
+};
+
+}  // namespace
+
+const std::error_category& net_category() {
+  static net_category_impl c;
+  return c;
+}
+
+std::error_code make_error_code(net_errc e) { return {static_cast<int>(e), net_category()}; }
+
+// A descriptor. Reused, never freed (Go's pollCache does the same): an epoll
+// event that raced with a close may still name it, and must find memory that
+// is a poll_desc; at worst it sets a readiness latch spuriously, and the
+// waiter retries its system call.
+struct poll_desc {
+  futex_mutex mu;
+  int fd = -1;
+  std::atomic<int> refs{0};        // owner + operations in progress + armed timers
+  bool closing = false;            // mu
+  bool rready = false;             // epoll: readable since the last EAGAIN; mu
+  bool wready = false;             // mu
+  g* rg = nullptr;                 // epoll: the goroutine waiting to read; mu
+  g* wg = nullptr;                 // mu
+  uring_op* rop = nullptr;         // io_uring: the read-side request in flight; mu
+  uring_op* wop = nullptr;         // mu
+  std::int64_t rd = 0;             // read deadline (nanotime), 0 for none; mu
+  std::int64_t wd = 0;             // mu
+  timer rt, wt;                    // the deadline timers
+  urge::mutex rlock, wlock;        // one reader and one writer at a time (Go's fdMutex)
+  poll_desc* free_next = nullptr;  // free list; g_pd_mu
+};
+
+namespace {
+
+std::mutex g_pd_mu;
+poll_desc* g_pd_free = nullptr;
+
+void pd_ref(poll_desc* pd) { pd->refs.fetch_add(1, std::memory_order_relaxed); }
+
+void pd_unref(poll_desc* pd) {
+  if (pd->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (pd->fd >= 0) {
+    if (g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(pd->fd);
+    ::close(pd->fd);
+    pd->fd = -1;
+  }
+  std::lock_guard lock(g_pd_mu);
+  pd->free_next = g_pd_free;
+  g_pd_free = pd;
+}
+
+// ---- io_uring ----------------------------------------------------------------
+
+ring_state* ring_of(p* pp) { return g_rings[static_cast<std::size_t>(pp->id)].get(); }
+
+// Puts op into the submission queue, or the backlog when the ring already
+// has max_inflight requests. Needs r->sq_mu.
+void queue_op_locked(ring_state* r, uring_op* op) {
+  op->ring = r;
+  if (r->inflight.load(std::memory_order_relaxed) >= max_inflight) {
+    op->queued = true;
+    op->next = nullptr;
+    if (r->backlog_tail) {
+      r->backlog_tail->next = op;
+    } else {
+      r->backlog_head = op;
+    }
+    r->backlog_tail = op;
+    return;
+  }
+  io_uring_sqe* sqe = r->ring.get_sqe();
+  if (!sqe) {
+    r->ring.submit();
+    sqe = r->ring.get_sqe();
+  }
+  switch (op->kind) {
+    case op_kind::read:
+      io_uring_prep_recv(sqe, pd_fd(op->pd), op->buf, op->n, 0);
+      break;
+    case op_kind::write:
+      io_uring_prep_send(sqe, pd_fd(op->pd), op->buf, op->n, MSG_NOSIGNAL);
+      break;
+    case op_kind::accept:
+      io_uring_prep_accept(sqe, pd_fd(op->pd), op->addr, op->addrlen, SOCK_CLOEXEC);
+      break;
+    case op_kind::connect:
+      io_uring_prep_connect(sqe, pd_fd(op->pd), op->caddr, op->clen);
+      break;
+  }
+  io_uring_sqe_set_data(sqe, op);
+  op->queued = false;
+  r->inflight.fetch_add(1, std::memory_order_relaxed);
+}
+
+void flush(ring_state* r) {
+  std::lock_guard lock(r->sq_mu);
+  if (r->ring.pending()) r->ring.submit();
+}
+
+// Moves backlog requests into the kernel as room appears.
+void drain_backlog(ring_state* r) {
+  std::lock_guard lock(r->sq_mu);
+  bool moved = false;
+  while (r->backlog_head && r->inflight.load(std::memory_order_relaxed) < max_inflight) {
+    uring_op* op = r->backlog_head;
+    r->backlog_head = op->next;
+    if (!r->backlog_head) r->backlog_tail = nullptr;
+    queue_op_locked(r, op);
+    moved = true;
+  }
+  if (moved) r->ring.submit();
+}
+
+// Reads completions and readies their goroutines, in batches.
+int reap(ring_state* r) {
+  if (!r->cq_mu.try_lock()) return 0;  // someone else is reaping this ring
+  int readied = 0;
+  io_uring_cqe* cqes[64];
+  for (;;) {
+    unsigned n = r->ring.peek_batch(cqes, 64);
+    for (unsigned i = 0; i < n; ++i) {
+      auto* op = static_cast<uring_op*>(io_uring_cqe_get_data(cqes[i]));
+      if (!op) continue;  // a cancellation's own completion
+      op->res = cqes[i]->res;
+      g* gp = op->gp;  // op lives on gp's stack: read everything first
+      r->inflight.fetch_sub(1, std::memory_order_relaxed);
+      goready(gp, false);
+      ++readied;
+    }
+    r->ring.advance(n);
+    if (n < 64) break;
+  }
+  r->cq_mu.unlock();
+  if (r->backlog_head) drain_backlog(r);
+  return readied;
+}
+
+// Cancels op (the descriptor's lock is held, so op's goroutine cannot
+// return and take op with it).
+void cancel_op(uring_op* op) {
+  ring_state* r = op->ring;
+  if (!r) return;  // not submitted yet: the submitter will see `closing`/the deadline
+  std::lock_guard lock(r->sq_mu);
+  if (op->queued) {
+    // Still in the backlog: take it out and complete it here.
+    uring_op** link = &r->backlog_head;
+    uring_op* prev = nullptr;
+    while (*link && *link != op) {
+      prev = *link;
+      link = &(*link)->next;
+    }
+    if (*link) {
+      *link = op->next;
+      if (r->backlog_tail == op) r->backlog_tail = prev;
+      op->queued = false;
+      op->res = -ECANCELED;
+      goready(op->gp, false);
+    }
+    return;
+  }
+  io_uring_sqe* sqe = r->ring.get_sqe();
+  if (!sqe) {
+    r->ring.submit();
+    sqe = r->ring.get_sqe();
+  }
+  io_uring_prep_cancel(sqe, op, 0);
+  io_uring_sqe_set_data(sqe, nullptr);
+  r->ring.submit();  // cancellations go out at once
+}
+
+// park's unlockf: queue the request on this M's P ring, release the descriptor.
+bool submit_and_unlock(g*, void* arg) {
+  auto* op = static_cast<uring_op*>(arg);
+  m* mp = getm();
+  ring_state* r = ring_of(mp->curp);
+  {
+    std::lock_guard lock(r->sq_mu);
+    queue_op_locked(r, op);
+  }
+  op->pd->mu.unlock();
+  return true;
+}
+
+bool unlock_pd(g*, void* arg) {
+  static_cast<poll_desc*>(arg)->mu.unlock();
+  return true;
+}
+
+bool deadline_passed(std::int64_t d) { return d != 0 && d <= platform::nanotime(); }
+
+// Runs one request through io_uring; pd->mu held on entry and exit.
+// Returns the kernel's result, or sets ec (closed, timed out).
+std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_code& ec) {
+  for (;;) {
+    if (pd->closing) {
+      ec = make_error_code(net_errc::closed);
+      return -1;
+    }
+    if (deadline_passed(read_side ? pd->rd : pd->wd)) {
+      ec = std::make_error_code(std::errc::timed_out);
+      return -1;
+    }
+    op.gp = getg();
+    op.pd = pd;
+    op.ring = nullptr;
+    op.res = 0;
+    (read_side ? pd->rop : pd->wop) = &op;
+    g_waiters.fetch_add(1, std::memory_order_relaxed);
+    gopark(submit_and_unlock, &op, waitreason::io_wait);
+    g_waiters.fetch_sub(1, std::memory_order_relaxed);
+    pd->mu.lock();
+    (read_side ? pd->rop : pd->wop) = nullptr;
+    if (op.res == -ECANCELED || op.res == -EINTR) continue;  // closed, deadline, or moved: look again
+    return op.res;
+  }
+}
+
+// ---- epoll ----------------------------------------------------------------
+
+// Waits until the side is ready; pd->mu held on entry and exit.
+bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
+  for (;;) {
+    if (pd->closing) {
+      ec = make_error_code(net_errc::closed);
+      return false;
+    }
+    if (deadline_passed(read_side ? pd->rd : pd->wd)) {
+      ec = std::make_error_code(std::errc::timed_out);
+      return false;
+    }
+    bool& ready = read_side ? pd->rready : pd->wready;
+    if (ready) {
+      ready = false;
+      return true;
+    }
+    (read_side ? pd->rg : pd->wg) = getg();
+    g_waiters.fetch_add(1, std::memory_order_relaxed);
+    gopark(unlock_pd, pd, waitreason::io_wait);
+    g_waiters.fetch_sub(1, std::memory_order_relaxed);
+    pd->mu.lock();
+  }
+}
+
+void epoll_dispatch(epoll_event* evs, int n, int& readied) {
+  for (int i = 0; i < n; ++i) {
+    if (g_epoll->is_wake(evs[i])) continue;
+    auto* pd = static_cast<poll_desc*>(evs[i].data.ptr);
+    std::uint32_t e = evs[i].events;
+    g* r = nullptr;
+    g* w = nullptr;
+    pd->mu.lock();
+    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+      pd->rready = true;
+      r = pd->rg;
+      pd->rg = nullptr;
+    }
+    if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+      pd->wready = true;
+      w = pd->wg;
+      pd->wg = nullptr;
+    }
+    pd->mu.unlock();
+    if (r) {
+      goready(r, false);
+      ++readied;
+    }
+    if (w) {
+      goready(w, false);
+      ++readied;
+    }
+  }
+}
+
+// ---- Deadlines -------------------------------------------------------------
+
+// Wakes (epoll) or cancels (io_uring) the waiter of one side. pd->mu held.
+g* interrupt_side(poll_desc* pd, bool read_side) {
+  if (g_kind == netpoll_backend::uring) {
+    if (uring_op* op = read_side ? pd->rop : pd->wop) cancel_op(op);
+    return nullptr;
+  }
+  g*& slot = read_side ? pd->rg : pd->wg;
+  g* gp = slot;
+  slot = nullptr;
+  return gp;
+}
+
+void deadline_fire(timer* t, void* arg, std::int64_t now) {
+  auto* pd = static_cast<poll_desc*>(arg);
+  const bool read_side = t == &pd->rt;
+  pd->mu.lock();
+  std::int64_t d = read_side ? pd->rd : pd->wd;
+  g* gp = nullptr;
+  if (d != 0 && d <= now) gp = interrupt_side(pd, read_side);
+  pd->mu.unlock();
+  if (gp) goready(gp, false);
+  pd_unref(pd);  // the armed timer's reference
+}
+
+}  // namespace
+
+// ---- Backend selection and scheduler integration ------------------------------
+
+void netpoll_simulate_probe_failure(bool on) { g_simulate_failure = on; }
+
+void netpoll_init(const std::string& setting) {
+  std::string why;
+  bool want_uring = setting != "epoll";
+  bool uring_ok = false;
+  if (want_uring) {
+    if (g_simulate_failure) {
+      why = "io_uring_setup: Operation not permitted (simulated)";
+    } else {
+      uring_ok = platform::uring_probe(why);
+    }
+  }
+  if (setting == "uring" && !uring_ok) {
+    throw std::runtime_error("urge: URGE_DEBUG=netpoll=uring, but io_uring is unavailable: " + why);
+  }
+  if (uring_ok) {
+    g_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    for (p* pp : sched->allp) {
+      (void)pp;
+      auto r = std::make_unique<ring_state>(ring_entries);
+      if (!r->ring.ok() || g_efd < 0 || !r->ring.register_eventfd(g_efd)) {
+        uring_ok = false;
+        why = "per-P ring set-up failed";
+        break;
+      }
+      g_rings.push_back(std::move(r));
+    }
+    if (!uring_ok) {
+      g_rings.clear();
+      if (g_efd >= 0) ::close(g_efd);
+      g_efd = -1;
+      if (setting == "uring") throw std::runtime_error("urge: io_uring unavailable: " + why);
+    }
+  }
+  if (uring_ok) {
+    g_kind = netpoll_backend::uring;
+  } else {
+    g_epoll = std::make_unique<platform::epoll_poller>();
+    if (!g_epoll->ok()) throw std::runtime_error("urge: cannot create the epoll poller");
+    g_kind = netpoll_backend::epoll;
+  }
+  if (setting == "1" || setting == "uring" || setting == "epoll") {
+    std::fprintf(stderr, "urge: netpoll backend: %s%s%s\n", netpoll_name(),
+                 !uring_ok && want_uring ? "; io_uring unavailable: " : "",
+                 !uring_ok && want_uring ? why.c_str() : "");
+  }
+}
+
+void netpoll_shutdown() {
+  g_rings.clear();
+  if (g_efd >= 0) ::close(g_efd);
+  g_efd = -1;
+  g_epoll.reset();
+  g_kind = netpoll_backend::none;
+  g_waiters.store(0, std::memory_order_relaxed);
+}
+
+netpoll_backend netpoll_kind() { return g_kind; }
+
+const char* netpoll_name() {
+  switch (g_kind) {
+    case netpoll_backend::uring:
+      return "io_uring";
+    case netpoll_backend::epoll:
+      return "epoll";
+    case netpoll_backend::none:
+      break;
+  }
+  return "none";
+}
+
+bool netpoll_has_waiters() { return g_waiters.load(std::memory_order_relaxed) > 0; }
+
+int netpoll_check_local(p* pp, bool do_flush) {
+  if (g_kind != netpoll_backend::uring) return 0;
+  ring_state* r = ring_of(pp);
+  int n = r->ring.ready() ? reap(r) : 0;
+  if (do_flush && r->ring.pending()) flush(r);
+  return n;
+}
+
+int netpoll_poll_now(p* pp) {
+  if (g_kind == netpoll_backend::uring) {
+    int n = 0;
+    if (pp) {
+      ring_state* r = ring_of(pp);
+      flush(r);
+      n += reap(r);
+    } else {
+      for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get()) : 0;
+    }
+    return n;
+  }
+  if (g_kind == netpoll_backend::epoll) {
+    epoll_event evs[128];
+    int n = g_epoll->wait(evs, 128, 0);
+    int readied = 0;
+    epoll_dispatch(evs, n, readied);
+    return readied;
+  }
+  return 0;
+}
+
+int netpoll_block(std::int64_t timeout_ns) {
+  if (g_kind == netpoll_backend::uring) {
+    pollfd pfd{g_efd, POLLIN, 0};
+    timespec ts{};
+    timespec* tsp = nullptr;
+    if (timeout_ns >= 0) {
+      ts.tv_sec = timeout_ns / 1'000'000'000;
+      ts.tv_nsec = timeout_ns % 1'000'000'000;
+      tsp = &ts;
+    }
+    ppoll(&pfd, 1, tsp, nullptr);  // EINTR: return and let the caller look again
+    std::uint64_t v;
+    while (read(g_efd, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+    int n = 0;
+    for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get()) : 0;
+    return n;
+  }
+  if (g_kind == netpoll_backend::epoll) {
+    epoll_event evs[128];
+    int n = g_epoll->wait(evs, 128, timeout_ns);
+    int readied = 0;
+    epoll_dispatch(evs, n, readied);
+    return readied;
+  }
+  if (timeout_ns > 0) platform::usleep_thread(timeout_ns / 1000);
+  return 0;
+}
+
+void netpoll_break() {
+  if (g_kind == netpoll_backend::uring) {
+    std::uint64_t one = 1;
+    while (write(g_efd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  } else if (g_kind == netpoll_backend::epoll) {
+    g_epoll->wake();
+  }
+}
+
+// ---- Descriptors -------------------------------------------------------------
+
+poll_desc* pd_open(int fd, std::error_code& ec) {
+  if (g_kind == netpoll_backend::none) {
+    ec = std::make_error_code(std::errc::operation_not_permitted);
+    return nullptr;
+  }
+  poll_desc* pd;
+  {
+    std::lock_guard lock(g_pd_mu);
+    pd = g_pd_free;
+    if (pd) g_pd_free = pd->free_next;
+  }
+  if (!pd) pd = new poll_desc;
+  pd->mu.lock();
+  pd->fd = fd;
+  pd->refs.store(1, std::memory_order_relaxed);
+  pd->closing = false;
+  pd->rready = pd->wready = false;
+  pd->rg = pd->wg = nullptr;
+  pd->rop = pd->wop = nullptr;
+  pd->rd = pd->wd = 0;
+  pd->mu.unlock();
+  int flags = fcntl(fd, F_GETFL);
+  if (g_kind == netpoll_backend::epoll) {
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    if (int rc = g_epoll->add(fd, pd); rc != 0) {
+      ec = std::error_code(-rc, std::generic_category());
+      pd->refs.store(1, std::memory_order_relaxed);
+      pd_unref(pd);
+      return nullptr;
+    }
+  } else {
+    // io_uring does the waiting; a blocking socket lets it (an O_NONBLOCK one
+    // would make some kernels fail requests with EAGAIN instead).
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  }
+  return pd;
+}
+
+int pd_fd(poll_desc* pd) { return pd->fd; }
+
+void pd_close(poll_desc* pd) {
+  g* r = nullptr;
+  g* w = nullptr;
+  pd->mu.lock();
+  if (pd->closing) {
+    pd->mu.unlock();
+    return;
+  }
+  pd->closing = true;
+  r = interrupt_side(pd, true);
+  w = interrupt_side(pd, false);
+  pd->mu.unlock();
+  if (r) goready(r, false);
+  if (w) goready(w, false);
+  if (del_timer(&pd->rt)) pd_unref(pd);
+  if (del_timer(&pd->wt)) pd_unref(pd);
+}
+
+void pd_release(poll_desc* pd) { pd_unref(pd); }
+
+void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
+  pd_ref(pd);
+  for (int side = 0; side < 2; ++side) {
+    const bool read_side = side == 0;
+    if (read_side && mode == 'w') continue;
+    if (!read_side && mode == 'r') continue;
+    timer& t = read_side ? pd->rt : pd->wt;
+    if (del_timer(&t)) pd_unref(pd);
+    pd->mu.lock();
+    (read_side ? pd->rd : pd->wd) = deadline;
+    g* gp = nullptr;
+    if (deadline != 0 && deadline <= platform::nanotime()) {
+      gp = interrupt_side(pd, read_side);  // already passed: fail the waiter now
+    } else if (deadline != 0 && !pd->closing) {
+      t.when = deadline;
+      t.period = 0;
+      t.f = deadline_fire;
+      t.arg = pd;
+      pd_ref(pd);
+      add_timer(&t);
+    }
+    pd->mu.unlock();
+    if (gp) goready(gp, false);
+  }
+  pd_unref(pd);
+}
+
+namespace {
+
+// Common shape of an operation: hold a reference and the side's lock.
+template <class F>
+auto with_side(poll_desc* pd, bool read_side, F&& f) {
+  pd_ref(pd);
+  urge::mutex& side = read_side ? pd->rlock : pd->wlock;
+  side.lock();
+  auto r = f();
+  side.unlock();
+  pd_unref(pd);
+  return r;
+}
+
+std::error_code errno_code(int e) { return {e, std::generic_category()}; }
+
+}  // namespace
+
+std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec) {
+  ec.clear();
+  return with_side(pd, true, [&]() -> std::size_t {
+    std::lock_guard lock(pd->mu);
+    if (g_kind == netpoll_backend::uring) {
+      uring_op op;
+      op.kind = op_kind::read;
+      op.buf = buf;
+      op.n = n;
+      std::int32_t res = uring_run(pd, op, true, ec);
+      if (ec) return 0;
+      if (res < 0) {
+        ec = errno_code(-res);
+        return 0;
+      }
+      return static_cast<std::size_t>(res);
+    }
+    for (;;) {
+      if (pd->closing) {
+        ec = make_error_code(net_errc::closed);
+        return 0;
+      }
+      if (deadline_passed(pd->rd)) {
+        ec = std::make_error_code(std::errc::timed_out);
+        return 0;
+      }
+      ssize_t r = ::recv(pd->fd, buf, n, 0);
+      if (r >= 0) return static_cast<std::size_t>(r);
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ec = errno_code(errno);
+        return 0;
+      }
+      pd->rready = false;
+      if (!epoll_wait_ready(pd, true, ec)) return 0;
+    }
+  });
+}
+
+std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
+  ec.clear();
+  return with_side(pd, false, [&]() -> std::size_t {
+    std::lock_guard lock(pd->mu);
+    if (g_kind == netpoll_backend::uring) {
+      uring_op op;
+      op.kind = op_kind::write;
+      op.buf = const_cast<void*>(buf);
+      op.n = n;
+      std::int32_t res = uring_run(pd, op, false, ec);
+      if (ec) return 0;
+      if (res < 0) {
+        ec = errno_code(-res);
+        return 0;
+      }
+      return static_cast<std::size_t>(res);
+    }
+    for (;;) {
+      if (pd->closing) {
+        ec = make_error_code(net_errc::closed);
+        return 0;
+      }
+      if (deadline_passed(pd->wd)) {
+        ec = std::make_error_code(std::errc::timed_out);
+        return 0;
+      }
+      ssize_t r = ::send(pd->fd, buf, n, MSG_NOSIGNAL);
+      if (r >= 0) return static_cast<std::size_t>(r);
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ec = errno_code(errno);
+        return 0;
+      }
+      pd->wready = false;
+      if (!epoll_wait_ready(pd, false, ec)) return 0;
+    }
+  });
+}
+
+int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec) {
+  ec.clear();
+  return with_side(pd, true, [&]() -> int {
+    std::lock_guard lock(pd->mu);
+    if (g_kind == netpoll_backend::uring) {
+      uring_op op;
+      op.kind = op_kind::accept;
+      op.addr = addr;
+      op.addrlen = len;
+      std::int32_t res = uring_run(pd, op, true, ec);
+      if (ec) return -1;
+      if (res < 0) {
+        ec = errno_code(-res);
+        return -1;
+      }
+      return res;
+    }
+    for (;;) {
+      if (pd->closing) {
+        ec = make_error_code(net_errc::closed);
+        return -1;
+      }
+      if (deadline_passed(pd->rd)) {
+        ec = std::make_error_code(std::errc::timed_out);
+        return -1;
+      }
+      int fd = ::accept4(pd->fd, addr, len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd >= 0) return fd;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ec = errno_code(errno);
+        return -1;
+      }
+      pd->rready = false;
+      if (!epoll_wait_ready(pd, true, ec)) return -1;
+    }
+  });
+}
+
+void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_code& ec) {
+  ec.clear();
+  with_side(pd, false, [&]() -> int {
+    std::lock_guard lock(pd->mu);
+    if (g_kind == netpoll_backend::uring) {
+      uring_op op;
+      op.kind = op_kind::connect;
+      op.caddr = addr;
+      op.clen = len;
+      std::int32_t res = uring_run(pd, op, false, ec);
+      if (!ec && res < 0) ec = errno_code(-res);
+      return 0;
+    }
+    if (::connect(pd->fd, addr, len) == 0) return 0;
+    if (errno != EINPROGRESS && errno != EINTR) {
+      ec = errno_code(errno);
+      return 0;
+    }
+    pd->wready = false;
+    for (;;) {
+      if (!epoll_wait_ready(pd, false, ec)) return 0;
+      int err = 0;
+      socklen_t elen = sizeof err;
+      getsockopt(pd->fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+      if (err == 0) {
+        // Writable with no error: connected (or still in progress on a
+        // spurious wake-up; getpeername tells).
+        sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        if (getpeername(pd->fd, reinterpret_cast<sockaddr*>(&peer), &plen) == 0) return 0;
+        continue;
+      }
+      ec = errno_code(err);
+      return 0;
+    }
+  });
+}
+
+}  // namespace urge::runtime

@@ -1,0 +1,92 @@
+// The network poller front end (Go's netpoll.go), shared by both backends.
+//
+// Go parks a goroutine on a pollDesc until epoll says its fd is ready, then
+// lets it retry the system call. urge does that with epoll, and with io_uring
+// does what io_uring is for: the goroutine's read, write, accept or connect
+// is itself the request; it parks until the completion arrives, and the
+// completion carries the result. Either way a goroutine waiting for the
+// network costs no thread.
+//
+// Rings. One io_uring per P. Requests are queued in the P's submission ring
+// and submitted in batches: when the P runs out of goroutines (findrunnable),
+// every few schedules while it stays busy, and before it goes idle, so that a
+// busy server makes one io_uring_enter for many requests. Completions are
+// read from shared memory at every schedule (no system call) and ready their
+// goroutines in batches. Every ring also signals one eventfd, which the M
+// blocked waiting for work (the poller, see "Timed wait" in proc.cpp) sleeps
+// on, so completions on the ring of an idle P still wake someone. At most
+// `max_inflight` requests per ring are in the kernel; beyond that requests
+// wait in a backlog, submitted as completions come back (back-pressure
+// instead of failure, and the completion ring can never overflow).
+//
+// Deadlines are runtime timers on the descriptor. When one passes with a
+// request in flight, or the descriptor is closed, the request is cancelled
+// with IORING_OP_ASYNC_CANCEL on the ring it was submitted to; the woken
+// goroutine sees why from the descriptor. Extending a deadline while a
+// request waits simply moves the timer.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <system_error>
+
+namespace urge::runtime {
+
+struct p;
+
+enum class netpoll_backend { none, epoll, uring };
+
+// run(): picks the backend from URGE_DEBUG's netpoll setting ("" or "1":
+// io_uring if the probe passes, else epoll; "uring" or "epoll" forces one,
+// and forcing an unavailable one throws std::runtime_error saying why).
+void netpoll_init(const std::string& setting);
+void netpoll_shutdown();
+netpoll_backend netpoll_kind();
+const char* netpoll_name();
+// Tests: make the io_uring probe fail as it does under seccomp.
+void netpoll_simulate_probe_failure(bool on);
+
+// ---- Scheduler integration ----------------------------------------------
+// Goroutines waiting on I/O right now (Go's netpollWaiters).
+bool netpoll_has_waiters();
+// pp's owner, at every schedule: reap pp's completions; submit its queued
+// requests if `flush` (io_uring only). Returns how many goroutines it readied.
+int netpoll_check_local(p* pp, bool flush);
+// Non-blocking poll (findrunnable, sysmon). Returns goroutines readied.
+int netpoll_poll_now(p* pp);
+// The poller: blocks the calling M, which holds no P, until an I/O event, the
+// timeout (ns, -1 for ever) or netpoll_break. Readies what completed.
+int netpoll_block(std::int64_t timeout_ns);
+void netpoll_break();
+
+// ---- Descriptors (net.cpp) ------------------------------------------------
+struct poll_desc;
+
+// Takes ownership of fd (a socket) and registers it. The fd is made
+// non-blocking for epoll and left blocking for io_uring.
+poll_desc* pd_open(int fd, std::error_code& ec);
+// Closes: wakes or cancels every waiter (they fail with net::errc closed) and
+// closes the fd once no operation uses it. Idempotent.
+void pd_close(poll_desc* pd);
+// Drops the owner's reference (after pd_close).
+void pd_release(poll_desc* pd);
+int pd_fd(poll_desc* pd);
+
+// One system call's worth, like read(2)/send(2): bytes moved, 0 at EOF.
+std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec);
+std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec);
+int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec);
+void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_code& ec);
+// mode: 'r', 'w' or 'b' (both); deadline: nanotime, 0 for none.
+void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline);
+
+// The error of an operation on a closed descriptor ("use of closed network
+// connection", as Go's net.ErrClosed).
+const std::error_category& net_category();
+enum class net_errc { closed = 1 };
+std::error_code make_error_code(net_errc e);
+
+}  // namespace urge::runtime

@@ -1,0 +1,1 @@
+#include "procs_fixture.hpp"
