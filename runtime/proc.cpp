@@ -72,6 +72,7 @@
 #include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
+#include "runtime/trace.hpp"
 
 namespace urge::runtime {
 
@@ -409,6 +410,7 @@ static std::int64_t earliest_timer() {
 // Makes gp the running goroutine of mp. inherit: it came from runnext and
 // keeps the time slice, so the tick sysmon watches does not advance.
 static void prepare_execute(m* mp, p* pp, g* gp, bool inherit) {
+  URGE_TRACE_EVENT(go_start, gp->goid, pp->id);
   gp->status.store(gstatus::running, std::memory_order_relaxed);
   gp->curm = mp;
   gp->preempt.store(false, std::memory_order_relaxed);
@@ -563,6 +565,7 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
 
 void gopark_locked_to_m() {
   g* gp = getg();
+  URGE_TRACE_EVENT(go_preempt, gp->goid, 1);
   switch_away(gp, gp->curm, after_switch::ready_locked);
 }
 
@@ -572,6 +575,7 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   if (!gp) fatal("gopark outside a goroutine");
   gp->reason = reason;
   gp->waitsince = coarse_nanotime();
+  URGE_TRACE_EVENT(go_block, gp->goid, static_cast<int>(reason));
   gp->status.store(gstatus::waiting, std::memory_order_release);
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
@@ -587,6 +591,12 @@ void goready(g* gp, bool next) {
   }
   gp->reason = waitreason::zero;
   m* mp = getm();
+  if (trace_on) {
+    g* by = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
+    URGE_TRACE_EVENT(go_unblock, gp->goid, by ? by->goid : 0);
+  } else {
+    URGE_USDT(go_unblock, gp->goid, 0);
+  }
   if (mp && mp->curp) {
     runqput(mp->curp, gp, next);
   } else {
@@ -596,7 +606,10 @@ void goready(g* gp, bool next) {
   wakep();
 }
 
-static void gosched_global(g* gp) { switch_away(gp, gp->curm, after_switch::ready_global); }
+static void gosched_global(g* gp) {
+  URGE_TRACE_EVENT(go_preempt, gp->goid, 0);
+  switch_away(gp, gp->curm, after_switch::ready_global);
+}
 
 void check_preempt() {
   g* gp = getg();
@@ -667,6 +680,7 @@ top:
           bool victim_running = p2->status.load(std::memory_order_relaxed) == pstatus::running;
           if (g* gp = pp->runq.steal(p2->runq, last, victim_running)) {
             sched->steals.fetch_add(1, std::memory_order_relaxed);
+            URGE_TRACE_EVENT(steal, pp->id, p2->id);
             return gp;
           }
         }
@@ -845,6 +859,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 }
 
 [[noreturn]] static void goexit(g* gp) {
+  URGE_TRACE_EVENT(go_end, gp->goid, 0);
   gp->status.store(gstatus::dead, std::memory_order_release);
   sched->ngoroutines.fetch_sub(1, std::memory_order_relaxed);
   switch_away(gp, gp->curm, after_switch::exit);
@@ -908,6 +923,7 @@ static void freeg_unused(p* pp, g* gp) {
 // Makes a newly built G runnable on mp's P (runnext), or globally without a P.
 static void newproc_ready(m* mp, g* gp) {
   gp->goid = sched->next_goid.fetch_add(1, std::memory_order_relaxed);
+  URGE_TRACE_EVENT(go_create, gp->goid, gp->parent_goid);
   gp->status.store(gstatus::runnable, std::memory_order_release);
   sched->ngoroutines.fetch_add(1, std::memory_order_relaxed);
   sched->goroutines_created.fetch_add(1, std::memory_order_relaxed);
@@ -930,6 +946,7 @@ void enter_blocking_call() {
   g* gp = getg();
   m* mp = gp->curm;
   p* pp = mp->curp;
+  URGE_TRACE_EVENT(syscall_enter, gp->goid, pp->id);
   gp->status.store(gstatus::syscall, std::memory_order_release);
   pp->syscalltick.fetch_add(1, std::memory_order_relaxed);
   mp->oldp = pp;
@@ -952,6 +969,7 @@ void exit_blocking_call() {
   m* mp = gp->curm;
   p* oldp = mp->oldp;
   mp->oldp = nullptr;
+  URGE_TRACE_EVENT(syscall_exit, gp->goid, oldp ? oldp->id : -1);
   // Fast path: the P is still ours.
   pstatus expect = pstatus::syscall;
   if (oldp && oldp->status.compare_exchange_strong(expect, pstatus::running,
@@ -1200,6 +1218,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
 
   preempt_init();
   install_sigquit();
+  trace_start();
   start_sysmon();
   preempt_off = 1;  // g0's baseline: see switch_away
   schedule_loop(&m0);
@@ -1213,6 +1232,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   }
   stop_sysmon();
   restore_sigquit();
+  trace_stop();
   for (m* mp = sched->allm; mp; mp = mp->alllink) {
     if (mp != &m0 && mp->thread.joinable()) mp->thread.join();
   }
