@@ -23,6 +23,8 @@
 
 namespace urge::runtime {
 
+std::atomic<int> netpoll_waiters{0};
+
 namespace {
 
 constexpr unsigned ring_entries = 1024;  // submission queue per P
@@ -64,7 +66,6 @@ netpoll_backend g_kind = netpoll_backend::none;
 std::vector<std::unique_ptr<ring_state>> g_rings;  // by P id
 int g_efd = -1;                                    // io_uring completions and breaks
 std::unique_ptr<platform::epoll_poller> g_epoll;
-std::atomic<int> g_waiters{0};
 bool g_simulate_failure = false;
 
 class net_category_impl : public std::error_category {
@@ -279,9 +280,9 @@ std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_c
     op.ring = nullptr;
     op.res = 0;
     (read_side ? pd->rop : pd->wop) = &op;
-    g_waiters.fetch_add(1, std::memory_order_relaxed);
+    netpoll_waiters.fetch_add(1, std::memory_order_relaxed);
     gopark(submit_and_unlock, &op, waitreason::io_wait);
-    g_waiters.fetch_sub(1, std::memory_order_relaxed);
+    netpoll_waiters.fetch_sub(1, std::memory_order_relaxed);
     pd->mu.lock();
     (read_side ? pd->rop : pd->wop) = nullptr;
     if (op.res == -ECANCELED || op.res == -EINTR) continue;  // closed, deadline, or moved: look again
@@ -308,9 +309,9 @@ bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
       return true;
     }
     (read_side ? pd->rg : pd->wg) = getg();
-    g_waiters.fetch_add(1, std::memory_order_relaxed);
+    netpoll_waiters.fetch_add(1, std::memory_order_relaxed);
     gopark(unlock_pd, pd, waitreason::io_wait);
-    g_waiters.fetch_sub(1, std::memory_order_relaxed);
+    netpoll_waiters.fetch_sub(1, std::memory_order_relaxed);
     pd->mu.lock();
   }
 }
@@ -430,7 +431,7 @@ void netpoll_shutdown() {
   g_efd = -1;
   g_epoll.reset();
   g_kind = netpoll_backend::none;
-  g_waiters.store(0, std::memory_order_relaxed);
+  netpoll_waiters.store(0, std::memory_order_relaxed);
 }
 
 netpoll_backend netpoll_kind() { return g_kind; }
@@ -447,11 +448,12 @@ const char* netpoll_name() {
   return "none";
 }
 
-bool netpoll_has_waiters() { return g_waiters.load(std::memory_order_relaxed) > 0; }
 
 int netpoll_check_local(p* pp, bool do_flush) {
   if (g_kind != netpoll_backend::uring) return 0;
   ring_state* r = ring_of(pp);
+  // The common case on a P that does no I/O: nothing in flight, nothing queued.
+  if (r->inflight.load(std::memory_order_relaxed) == 0 && r->ring.pending() == 0) return 0;
   int n = r->ring.ready() ? reap(r) : 0;
   if (do_flush && r->ring.pending()) flush(r);
   return n;

@@ -28,6 +28,7 @@
 
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -51,7 +52,10 @@ void netpoll_simulate_probe_failure(bool on);
 
 // ---- Scheduler integration ----------------------------------------------
 // Goroutines waiting on I/O right now (Go's netpollWaiters).
-bool netpoll_has_waiters();
+extern std::atomic<int> netpoll_waiters;
+inline bool netpoll_has_waiters() {
+  return netpoll_waiters.load(std::memory_order_relaxed) > 0;
+}
 // pp's owner, at every schedule: reap pp's completions; submit its queued
 // requests if `flush` (io_uring only). Returns how many goroutines it readied.
 int netpoll_check_local(p* pp, bool flush);

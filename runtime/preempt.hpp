@@ -38,10 +38,10 @@ struct g;
 struct m;
 
 // Per thread. See "Unsafe points".
-extern thread_local int preempt_off __attribute__((tls_model("initial-exec")));
-extern thread_local int user_locks __attribute__((tls_model("initial-exec")));
+extern constinit thread_local int preempt_off __attribute__((tls_model("initial-exec")));
+extern constinit thread_local int user_locks __attribute__((tls_model("initial-exec")));
 // A request was declined while user locks were held (lockwrap.cpp acts on it).
-extern thread_local bool preempt_deferred __attribute__((tls_model("initial-exec")));
+extern constinit thread_local bool preempt_deferred __attribute__((tls_model("initial-exec")));
 
 struct preempt_off_scope {
   preempt_off_scope() { ++preempt_off; }

@@ -57,6 +57,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -80,7 +81,8 @@ schedt* sched = nullptr;
 
 namespace {
 
-thread_local m* tls_m = nullptr;
+// initial-exec: one %fs/tpidr-relative load, not a __tls_get_addr call.
+thread_local m* tls_m __attribute__((tls_model("initial-exec"))) = nullptr;
 std::atomic<g*> allgs_head{nullptr};  // push-only; Gs live as long as the stack pool
 
 // Coarse monotonic time (a jiffy's resolution, ~5 ns to read): enough for
@@ -182,12 +184,14 @@ static g* globrunqget(p* pp, int max) {
 }
 
 // Puts gp on pp's local queue (runnext if next); overflow goes global.
+__attribute__((noinline)) static void runqput_overflow(run_queue<g>::batch overflow) {
+  std::lock_guard lock(sched->lock);
+  globrunqputbatch(overflow.head, overflow.tail, overflow.n);
+}
+
 void runqput(p* pp, g* gp, bool next) {
   auto overflow = pp->runq.put(gp, next);
-  if (overflow.n) {
-    std::lock_guard lock(sched->lock);
-    globrunqputbatch(overflow.head, overflow.tail, overflow.n);
-  }
+  if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
 }
 
 // ---- Idle P and M lists (sched.lock) -----------------------------------------
@@ -409,7 +413,7 @@ static std::int64_t earliest_timer() {
 
 // Makes gp the running goroutine of mp. inherit: it came from runnext and
 // keeps the time slice, so the tick sysmon watches does not advance.
-static void prepare_execute(m* mp, p* pp, g* gp, bool inherit) {
+__attribute__((always_inline)) inline static void prepare_execute(m* mp, p* pp, g* gp, bool inherit) {
   URGE_TRACE_EVENT(go_start, gp->goid, pp->id);
   gp->status.store(gstatus::running, std::memory_order_relaxed);
   gp->curm = mp;
@@ -439,13 +443,7 @@ static void run_due_timers(p* pp) {
   }
 }
 
-static g* pick_local(m* mp, p* pp, bool& inherit) {
-  // Goroutines stopped asynchronously on this M take turns with the P's
-  // queue, so that two CPU hogs on one P alternate.
-  if (mp->lockedq_head && (pp->runq.empty() || (mp->lockedtick++ & 1) == 0)) {
-    inherit = false;
-    return lockedq_pop(mp);
-  }
+__attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
   if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 1)) {
@@ -459,15 +457,37 @@ static g* pick_local(m* mp, p* pp, bool& inherit) {
   if (!(mp->pending == after_switch::park && mp->pending_unlock)) run_due_timers(pp);
   // io_uring completions are read from shared memory, without a system call;
   // queued requests go out every 8th schedule while the P stays busy.
-  netpoll_check_local(pp, (pp->schedtick & 7) == 0);
+  if (netpoll_has_waiters()) netpoll_check_local(pp, (pp->schedtick & 7) == 0);
+  // Goroutines stopped asynchronously on this M take turns with the P's
+  // queue, so that two CPU hogs on one P alternate. After the timers: with
+  // two hogs taking turns the queue is never empty, and timers would starve.
+  if (mp->lockedq_head && (pp->runq.empty() || (mp->lockedtick++ & 1) == 0)) {
+    inherit = false;
+    return lockedq_pop(mp);
+  }
   return pp->runq.get(inherit);
 }
 
 // Performs the after-switch action recorded by the context that switched to
 // us (see "Parking"). Runs on whatever context now runs on mp.
+static void run_pending_slow(m* mp, after_switch act);
+
+// The yield case inline, the rest out of line.
 void run_pending(m* mp) {
   after_switch act = mp->pending;
   if (act == after_switch::none) return;
+  if (act == after_switch::ready_local) {
+    mp->pending = after_switch::none;
+    g* gp = mp->pending_g;
+    gp->status.store(gstatus::runnable, std::memory_order_release);
+    auto overflow = mp->curp->runq.put(gp, false);
+    if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
+    return;
+  }
+  run_pending_slow(mp, act);
+}
+
+static void run_pending_slow(m* mp, after_switch act) {
   mp->pending = after_switch::none;
   g* gp = mp->pending_g;
   switch (act) {
@@ -523,10 +543,23 @@ void run_pending(m* mp) {
         mp->lockedq_head = gp;
       }
       mp->lockedq_tail = gp;
+      // gp is off the CPU: the goroutines this M runs next may be stopped in
+      // turn (the flag covers only the redirect-to-switch window).
+      mp->in_preempt = false;
       break;
     case after_switch::none:
       break;
   }
+}
+
+// The first thing a goroutine does when it runs again after switch_away. Not
+// inlined, on purpose: we may be on another thread than before the switch,
+// and the compiler may keep the thread pointer in a register across a call
+// (AArch64 does), so the thread-locals must be reached from a fresh frame.
+__attribute__((noinline)) static void resumed(m* back) {
+  asm volatile("" ::: "memory");
+  run_pending(back);
+  --preempt_off;
 }
 
 // Leaves the running goroutine gp for the next runnable goroutine of this P,
@@ -556,10 +589,12 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
     mp->curg.store(nullptr, std::memory_order_relaxed);
     to = &mp->g0;
   }
+  // user_locks follows the goroutine, not the thread (see "Unsafe points").
+  gp->user_locks = user_locks;
+  user_locks = next ? next->user_locks : 0;
   if (act == after_switch::exit) arch::exit_to_context(gp->ctx, *to, mp);
   m* back = static_cast<m*>(arch::switch_context(gp->ctx, *to, mp));
-  run_pending(back);
-  --preempt_off;
+  resumed(back);
   return back;
 }
 
@@ -628,9 +663,16 @@ top:
   if (sched->stopping.load(std::memory_order_acquire)) return nullptr;
   p* pp = mp->curp;
   inherit = false;
-  if (g* gp = lockedq_pop(mp)) return gp;  // only this M may run them
   std::int64_t now = platform::nanotime();
   if (std::int64_t when = pp->timers.earliest(); when != 0 && when <= now) pp->timers.run_due(now);
+  // Goroutines stopped asynchronously here (only this M may run them) take
+  // turns with the queues: first, they would starve the global queue, which
+  // goroutines back from a blocking call wait in.
+  if (mp->lockedq_head &&
+      ((pp->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0) ||
+       (mp->lockedtick++ & 1) == 0)) {
+    return lockedq_pop(mp);
+  }
 
   if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     std::lock_guard lock(sched->lock);
@@ -641,6 +683,7 @@ top:
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 0)) return gp;
   }
+  if (g* gp = lockedq_pop(mp)) return gp;  // the queues were emptied meanwhile
   // The network, without blocking: submits this P's queued requests (they
   // must be in the kernel before anyone sleeps) and takes what completed.
   if (netpoll_has_waiters() && netpoll_poll_now(pp) > 0) {
@@ -738,7 +781,8 @@ top:
       sched->timer_waiter = mp;
       sched->poll_until.store(until != 0 ? until : INT64_MAX, std::memory_order_release);
       sched->lock.unlock();
-      std::int64_t delay = until != 0 ? until - platform::nanotime() : -1;
+      // A timer already due is 0 (poll without blocking), not -1 (for ever).
+      std::int64_t delay = until != 0 ? std::max<std::int64_t>(until - platform::nanotime(), 0) : -1;
       if (delay != 0) {
         mp->blocked = true;
         netpoll_block(delay < 0 ? -1 : delay);  // readies what completed, globally
@@ -782,7 +826,9 @@ static void schedule_loop(m* mp) {
     if (!gp) continue;  // stopping: checked at the top
     if (mp->spinning) resetspinning(mp);
     prepare_execute(mp, mp->curp, gp, inherit);
+    user_locks = gp->user_locks;
     m* back = static_cast<m*>(arch::switch_context(mp->g0, gp->ctx, mp));
+    user_locks = 0;
     (void)back;  // g0 belongs to this thread: `back` is always mp
   }
 }
@@ -807,7 +853,16 @@ static void mstart(m* mp) {
 
 [[noreturn]] static void goexit(g* gp);
 
+// traceback.cpp: the current stack from the frame that threw.
+void print_traceback_from_throw(std::FILE* out);
+
 [[noreturn]] static void panic_exit(g* gp, std::exception_ptr ep) {
+  ++preempt_off;  // the goroutine must not be stopped while it reports
+  // Two goroutines panicking at once: the first one reports and exits.
+  static std::atomic<bool> panicking{false};
+  if (panicking.exchange(true)) {
+    for (;;) pause();
+  }
   std::string what;
   const char* type = nullptr;
   try {
@@ -829,17 +884,30 @@ static void mstart(m* mp) {
   }
   std::fprintf(stderr, "panic: %s\n[exception of type %s]\n\n", what.c_str(), type_name.c_str());
   print_goroutine_header(stderr, gp, "running");
-  print_traceback_here(stderr);
+  print_traceback_from_throw(stderr);
+  print_created_by(stderr, gp);
   std::fflush(stderr);
   _exit(2);
+}
+
+// An exception escaping a goroutine other than main finds no handler (see
+// goroutine_entry), so __cxa_throw calls std::terminate with the throwing
+// frames still on the stack; run() installs this handler to report it as a
+// panic from there. Anything else goes to the handler that was in force.
+static std::terminate_handler g_prev_terminate = nullptr;
+[[noreturn]] static void panic_terminate() {
+  g* gp = getg();
+  std::exception_ptr ep = std::current_exception();
+  if (gp && ep && !gp->is_main) panic_exit(gp, ep);
+  if (g_prev_terminate) g_prev_terminate();
+  std::abort();
 }
 
 // Every goroutine starts here, through urge_context_start.
 static void goroutine_entry(void* arg, void* transfer) {
   arch::context_started();
   auto* gp = static_cast<g*>(arg);
-  run_pending(static_cast<m*>(transfer));
-  --preempt_off;  // we were switched to with it raised: see switch_away
+  resumed(static_cast<m*>(transfer));  // we were switched to with preempt_off raised
   if (gp->is_main) {
     try {
       gp->fn(gp->closure);
@@ -849,11 +917,10 @@ static void goroutine_entry(void* arg, void* transfer) {
     std::lock_guard lock(sched->lock);
     begin_stop_locked();
   } else {
-    try {
-      gp->fn(gp->closure);
-    } catch (...) {
-      panic_exit(gp, std::current_exception());
-    }
+    // No try here: an exception that escapes must find no handler in its
+    // search phase, so that the stack is still intact when panic_terminate
+    // prints the traceback of the throw (a catch would unwind it first).
+    gp->fn(gp->closure);
   }
   goexit(gp);
 }
@@ -923,7 +990,7 @@ static void freeg_unused(p* pp, g* gp) {
 // Makes a newly built G runnable on mp's P (runnext), or globally without a P.
 static void newproc_ready(m* mp, g* gp) {
   gp->goid = sched->next_goid.fetch_add(1, std::memory_order_relaxed);
-  URGE_TRACE_EVENT(go_create, gp->goid, gp->parent_goid);
+  URGE_TRACE_GO_CREATE(gp);  // go_create, plus what names gp in a trace
   gp->status.store(gstatus::runnable, std::memory_order_release);
   sched->ngoroutines.fetch_add(1, std::memory_order_relaxed);
   sched->goroutines_created.fetch_add(1, std::memory_order_relaxed);
@@ -993,9 +1060,10 @@ void exit_blocking_call() {
   mp->pending = after_switch::exit_blocking;
   mp->pending_g = gp;
   mp->curg.store(nullptr, std::memory_order_relaxed);
+  gp->user_locks = user_locks;
+  user_locks = 0;
   m* back = static_cast<m*>(arch::switch_context(gp->ctx, mp->g0, mp));
-  run_pending(back);
-  --preempt_off;
+  resumed(back);
 }
 
 // ---- Deadlock detection and shutdown ----------------------------------------
@@ -1202,6 +1270,10 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   sched->mcount = 1;
   sched->allm = &m0;
   tls_m = &m0;
+  // Pinning moves the caller's thread to P0's CPU (in acquirep, just below):
+  // take its mask first, to give it back after.
+  cpu_set_t caller_mask;
+  const bool have_caller_mask = sched_getaffinity(0, sizeof caller_mask, &caller_mask) == 0;
   // P0 to M0; the rest idle (in reverse so that pidleget hands out P1 first).
   for (int i = sched->gomaxprocs - 1; i >= 1; --i) pidleput(sched->allp[static_cast<std::size_t>(i)]);
   acquirep(&m0, sched->allp[0]);
@@ -1218,6 +1290,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
 
   preempt_init();
   install_sigquit();
+  g_prev_terminate = std::set_terminate(panic_terminate);
   trace_start();
   start_sysmon();
   preempt_off = 1;  // g0's baseline: see switch_away
@@ -1232,10 +1305,11 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   }
   stop_sysmon();
   restore_sigquit();
-  trace_stop();
+  std::set_terminate(g_prev_terminate);
   for (m* mp = sched->allm; mp; mp = mp->alllink) {
     if (mp != &m0 && mp->thread.joinable()) mp->thread.join();
   }
+  trace_stop();  // after the joins: no M may still be writing to a trace buffer
   // Abandon the goroutines still alive: their stacks go back to the pool,
   // their destructors never run (as Go's goroutines end with main).
   for (p* pp : sched->allp) pp->stackcache.flush(*sched->stacks);
@@ -1255,6 +1329,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
     mp = next;
   }
   netpoll_shutdown();
+  if (sched->pin_threads && have_caller_mask) sched_setaffinity(0, sizeof caller_mask, &caller_mask);
   for (p* pp : sched->allp) delete pp;
   sched = nullptr;
   tls_m = nullptr;
@@ -1263,6 +1338,26 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
 }
 
 }  // namespace detail
+
+// yield() of a goroutine alone on its P. Go's Gosched goes through the
+// global queue, which spreads yielding goroutines over the Ps; a local yield
+// must take its share itself, or a goroutine alone on its P keeps it for
+// ever while goroutines queue on another. Takes half of another P's queue
+// into pp's (empty) one; false if there was nothing to take.
+static bool steal_for_yield(m* mp, p* pp) {
+  const auto procs = static_cast<std::uint32_t>(sched->gomaxprocs);
+  const std::uint32_t start = procs > 1 ? fastrand(mp) % procs : 0;
+  for (std::uint32_t k = 1; k < procs; ++k) {
+    p* p2 = sched->allp[(start + k) % procs];
+    if (p2 == pp || p2->runq.empty()) continue;
+    if (g* gp = pp->runq.steal(p2->runq, false, false)) {
+      sched->steals.fetch_add(1, std::memory_order_relaxed);
+      runqput(pp, gp, false);
+      return true;
+    }
+  }
+  return false;
+}
 
 void yield() {
   g* gp = getg();
@@ -1274,10 +1369,12 @@ void yield() {
   m* mp = gp->curm;
   p* pp = mp->curp;
   // Nothing else to run here and nothing due: yielding would switch to g0 and
-  // straight back.
-  if (pp->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0) {
+  // straight back. Goroutines stopped asynchronously on this M count: a
+  // goroutine yielding in a loop would otherwise starve them for good.
+  if (pp->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0 &&
+      !mp->lockedq_head) {
     std::int64_t when = pp->timers.earliest();
-    if (when == 0 || when > platform::nanotime()) return;
+    if ((when == 0 || when > platform::nanotime()) && !steal_for_yield(mp, pp)) return;
   }
   switch_away(gp, mp, after_switch::ready_local);
 }

@@ -109,6 +109,7 @@ struct g {
   std::uint32_t magic = 0;         // g_magic once in allgs (the slot is reused with its stack)
   g* alllink = nullptr;            // allgs: push-only list, read lock-free
   timer sleep_timer;               // for sleep(): one per G, as Go's g.timer
+  int user_locks = 0;              // pthread locks held, while not running (preempt.hpp)
 };
 
 // A worker thread.

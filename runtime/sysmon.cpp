@@ -88,6 +88,8 @@ int retake(std::int64_t now) {
 }
 
 void sysmon_main() {
+  // sysmon is never pinned: it inherits M0's mask, which pinning narrowed.
+  if (sched->pin_threads) platform::unpin_current_thread(sched->cpus);
   std::int64_t idle = 0;   // consecutive ticks with nothing to do
   std::int64_t delay = 0;  // microseconds
   std::int64_t last_trace = platform::nanotime();
