@@ -70,10 +70,10 @@ bool uring_has_multishot_accept() {
   return ok;
 }
 
-uring::uring(unsigned entries) {
+uring::uring(unsigned entries, unsigned cq_entries) {
   io_uring_params p{};
   p.flags = IORING_SETUP_CQSIZE;
-  p.cq_entries = entries * 2;
+  p.cq_entries = cq_entries;
   ok_ = io_uring_queue_init_params(entries, &ring_, &p) == 0;
 }
 

@@ -26,8 +26,8 @@ bool uring_has_multishot_accept();
 
 class uring {
  public:
-  // entries: submission queue size; completions get twice that.
-  explicit uring(unsigned entries);
+  // entries: submission queue size; cq_entries: completion queue size.
+  uring(unsigned entries, unsigned cq_entries);
   ~uring();
   uring(const uring&) = delete;
   uring& operator=(const uring&) = delete;

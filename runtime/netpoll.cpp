@@ -27,8 +27,13 @@ std::atomic<int> netpoll_waiters{0};
 
 namespace {
 
-constexpr unsigned ring_entries = 1024;  // submission queue per P
-constexpr int max_inflight = 1024;       // per ring; the completion queue holds 2048
+// Sizes. Requests on idle connections stay in the kernel indefinitely, so
+// the bound on requests in flight must exceed the connections a P serves, or
+// the backlog would hold back the writes that complete them; it is there to
+// cap kernel memory, and the completion queue is sized so that it can never
+// overflow (2 x max_inflight; IORING_FEAT_NODROP would keep overflow anyway).
+constexpr unsigned ring_entries = 4096;  // submission queue per P
+constexpr int max_inflight = 32768;      // per ring
 
 struct ring_state;
 
@@ -52,8 +57,12 @@ struct uring_op {
   std::int32_t res = 0;        // the completion's result
 };
 
+// user_data of a multishot accept: the poll_desc with the low bit set
+// (uring_op and poll_desc are at least 8-byte aligned).
+constexpr std::uintptr_t ms_tag = 1;
+
 struct ring_state {
-  explicit ring_state(unsigned entries) : ring(entries) {}
+  ring_state(unsigned entries, unsigned cq_entries) : ring(entries, cq_entries) {}
   platform::uring ring;
   futex_mutex sq_mu;                // submission side
   futex_mutex cq_mu;                // completion side
@@ -63,6 +72,7 @@ struct ring_state {
 };
 
 netpoll_backend g_kind = netpoll_backend::none;
+bool g_multishot_accept = false;
 std::vector<std::unique_ptr<ring_state>> g_rings;  // by P id
 int g_efd = -1;                                    // io_uring completions and breaks
 std::unique_ptr<platform::epoll_poller> g_epoll;
@@ -102,6 +112,13 @@ struct poll_desc {
   std::int64_t wd = 0;             // mu
   timer rt, wt;                    // the deadline timers
   urge::mutex rlock, wlock;        // one reader and one writer at a time (Go's fdMutex)
+  // io_uring multishot accept (listeners): one request that keeps producing
+  // connections. Its completions queue fds here; an accept takes one. mu.
+  bool ms_armed = false;           // the request is in the kernel
+  void* ms_ring = nullptr;         // ring_state it was submitted to
+  g* accept_waiter = nullptr;      // the goroutine waiting in accept
+  std::vector<int> accepted;       // connections not yet taken
+  int accept_error = 0;            // an error to report to the next accept (EMFILE...)
   poll_desc* free_next = nullptr;  // free list; g_pd_mu
 };
 
@@ -186,6 +203,8 @@ void drain_backlog(ring_state* r) {
   if (moved) r->ring.submit();
 }
 
+void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied);
+
 // Reads completions and readies their goroutines, in batches.
 int reap(ring_state* r) {
   if (!r->cq_mu.try_lock()) return 0;  // someone else is reaping this ring
@@ -194,7 +213,16 @@ int reap(ring_state* r) {
   for (;;) {
     unsigned n = r->ring.peek_batch(cqes, 64);
     for (unsigned i = 0; i < n; ++i) {
-      auto* op = static_cast<uring_op*>(io_uring_cqe_get_data(cqes[i]));
+      auto data = reinterpret_cast<std::uintptr_t>(io_uring_cqe_get_data(cqes[i]));
+      if (data & ms_tag) {
+        if (!(cqes[i]->flags & IORING_CQE_F_MORE)) {
+          r->inflight.fetch_sub(1, std::memory_order_relaxed);
+        }
+        ms_accept_complete(reinterpret_cast<poll_desc*>(data & ~ms_tag), cqes[i]->res,
+                           cqes[i]->flags, readied);
+        continue;
+      }
+      auto* op = reinterpret_cast<uring_op*>(data);
       if (!op) continue;  // a cancellation's own completion
       op->res = cqes[i]->res;
       g* gp = op->gp;  // op lives on gp's stack: read everything first
@@ -346,12 +374,107 @@ void epoll_dispatch(epoll_event* evs, int n, int& readied) {
   }
 }
 
+// ---- Multishot accept ------------------------------------------------------
+
+void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied) {
+  pd->mu.lock();
+  if (res >= 0) {
+    if (pd->closing) {
+      ::close(res);  // nobody will take it
+    } else {
+      pd->accepted.push_back(res);
+    }
+  } else if (res != -ECANCELED) {
+    pd->accept_error = -res;  // reported to the next accept, which re-arms
+  }
+  const bool ended = !(flags & IORING_CQE_F_MORE);
+  if (ended) pd->ms_armed = false;
+  g* gp = pd->accept_waiter;
+  pd->accept_waiter = nullptr;
+  pd->mu.unlock();
+  if (gp) {
+    goready(gp, false);
+    ++readied;
+  }
+  if (ended) pd_unref(pd);  // the armed request's reference
+}
+
+// Submits the multishot accept on this M's ring. pd->mu held.
+void ms_arm(poll_desc* pd) {
+  ring_state* r = ring_of(getm()->curp);
+  std::lock_guard lock(r->sq_mu);
+  io_uring_sqe* sqe = r->ring.get_sqe();
+  if (!sqe) {
+    r->ring.submit();
+    sqe = r->ring.get_sqe();
+  }
+  io_uring_prep_multishot_accept(sqe, pd->fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(pd) | ms_tag));
+  r->inflight.fetch_add(1, std::memory_order_relaxed);
+  pd->ms_armed = true;
+  pd->ms_ring = r;
+  pd_ref(pd);        // dropped by the final completion
+  r->ring.submit();  // a listener wants its first connection at once
+}
+
+// Cancels the multishot accept. pd->mu held.
+void ms_cancel(poll_desc* pd) {
+  if (!pd->ms_armed) return;
+  auto* r = static_cast<ring_state*>(pd->ms_ring);
+  std::lock_guard lock(r->sq_mu);
+  io_uring_sqe* sqe = r->ring.get_sqe();
+  if (!sqe) {
+    r->ring.submit();
+    sqe = r->ring.get_sqe();
+  }
+  io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(pd) | ms_tag, 0);
+  io_uring_sqe_set_data(sqe, nullptr);
+  r->ring.submit();
+}
+
+// accept through the multishot request. pd->mu held.
+int ms_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec) {
+  for (;;) {
+    if (pd->closing) {
+      ec = make_error_code(net_errc::closed);
+      return -1;
+    }
+    if (!pd->accepted.empty()) {
+      int fd = pd->accepted.front();
+      pd->accepted.erase(pd->accepted.begin());
+      if (addr && len) getpeername(fd, addr, len);
+      return fd;
+    }
+    if (pd->accept_error) {
+      ec = std::error_code(pd->accept_error, std::generic_category());
+      pd->accept_error = 0;
+      return -1;
+    }
+    if (deadline_passed(pd->rd)) {
+      ec = std::make_error_code(std::errc::timed_out);
+      return -1;
+    }
+    if (!pd->ms_armed) ms_arm(pd);
+    pd->accept_waiter = getg();
+    netpoll_waiters.fetch_add(1, std::memory_order_relaxed);
+    gopark(unlock_pd, pd, waitreason::io_wait);
+    netpoll_waiters.fetch_sub(1, std::memory_order_relaxed);
+    pd->mu.lock();
+    if (pd->accept_waiter == getg()) pd->accept_waiter = nullptr;
+  }
+}
+
 // ---- Deadlines -------------------------------------------------------------
 
 // Wakes (epoll) or cancels (io_uring) the waiter of one side. pd->mu held.
 g* interrupt_side(poll_desc* pd, bool read_side) {
   if (g_kind == netpoll_backend::uring) {
     if (uring_op* op = read_side ? pd->rop : pd->wop) cancel_op(op);
+    if (read_side && pd->accept_waiter) {
+      g* gp = pd->accept_waiter;
+      pd->accept_waiter = nullptr;
+      return gp;
+    }
     return nullptr;
   }
   g*& slot = read_side ? pd->rg : pd->wg;
@@ -396,7 +519,7 @@ void netpoll_init(const std::string& setting) {
     g_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     for (p* pp : sched->allp) {
       (void)pp;
-      auto r = std::make_unique<ring_state>(ring_entries);
+      auto r = std::make_unique<ring_state>(ring_entries, 2 * max_inflight);
       if (!r->ring.ok() || g_efd < 0 || !r->ring.register_eventfd(g_efd)) {
         uring_ok = false;
         why = "per-P ring set-up failed";
@@ -413,6 +536,7 @@ void netpoll_init(const std::string& setting) {
   }
   if (uring_ok) {
     g_kind = netpoll_backend::uring;
+    g_multishot_accept = platform::uring_has_multishot_accept();
   } else {
     g_epoll = std::make_unique<platform::epoll_poller>();
     if (!g_epoll->ok()) throw std::runtime_error("urge: cannot create the epoll poller");
@@ -542,6 +666,11 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   pd->rg = pd->wg = nullptr;
   pd->rop = pd->wop = nullptr;
   pd->rd = pd->wd = 0;
+  pd->ms_armed = false;
+  pd->ms_ring = nullptr;
+  pd->accept_waiter = nullptr;
+  pd->accepted.clear();
+  pd->accept_error = 0;
   pd->mu.unlock();
   int flags = fcntl(fd, F_GETFL);
   if (g_kind == netpoll_backend::epoll) {
@@ -573,6 +702,9 @@ void pd_close(poll_desc* pd) {
   pd->closing = true;
   r = interrupt_side(pd, true);
   w = interrupt_side(pd, false);
+  ms_cancel(pd);
+  for (int fd : pd->accepted) ::close(fd);
+  pd->accepted.clear();
   pd->mu.unlock();
   if (r) goready(r, false);
   if (w) goready(w, false);
@@ -709,6 +841,9 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
   ec.clear();
   return with_side(pd, true, [&]() -> int {
     std::lock_guard lock(pd->mu);
+    if (g_kind == netpoll_backend::uring && g_multishot_accept) {
+      return ms_accept(pd, addr, len, ec);
+    }
     if (g_kind == netpoll_backend::uring) {
       uring_op op;
       op.kind = op_kind::accept;

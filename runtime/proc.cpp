@@ -457,7 +457,11 @@ __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& i
   if (!(mp->pending == after_switch::park && mp->pending_unlock)) run_due_timers(pp);
   // io_uring completions are read from shared memory, without a system call;
   // queued requests go out every 8th schedule while the P stays busy.
-  if (netpoll_has_waiters()) netpoll_check_local(pp, (pp->schedtick & 7) == 0);
+  // (Not while a parking goroutine holds a descriptor lock either: a
+  // multishot accept completion takes it. run_pending polls instead.)
+  if (netpoll_has_waiters() && !(mp->pending == after_switch::park && mp->pending_unlock)) {
+    netpoll_check_local(pp, (pp->schedtick & 7) == 0);
+  }
   // Goroutines stopped asynchronously on this M take turns with the P's
   // queue, so that two CPU hogs on one P alternate. After the timers: with
   // two hogs taking turns the queue is never empty, and timers would starve.
@@ -509,7 +513,10 @@ static void run_pending_slow(m* mp, after_switch act) {
           runqput(mp->curp, gp, true);
         }
         // The timers pick_local left for after the unlock.
-        if (mp->curp) run_due_timers(mp->curp);
+        if (mp->curp) {
+          run_due_timers(mp->curp);
+          if (netpoll_has_waiters()) netpoll_check_local(mp->curp, false);
+        }
       }
       break;
     case after_switch::exit:
