@@ -8,14 +8,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "arch/context.hpp"
 #include "platform/stack.hpp"
+#include "urge/urge.hpp"
 
 namespace {
 
@@ -177,10 +180,116 @@ void section_context_switching() {
   pool.release(pong_stack);
 }
 
+// ---- 2. Channels and select ---------------------------------------------------
+//
+// Goroutines share data by sending it over channels. Three small programs run
+// inside urge::run, on one thread: a pipeline of goroutines, a select that
+// gives up after a timeout, and a group of workers stopped by cancelling their
+// context.
+
+// Stage one of a pipeline: sends 1..n, then closes its channel, which is how
+// the next stage learns that nothing more is coming.
+void generate(urge::chan<long> out, long n) {
+  for (long i = 1; i <= n; ++i) out.send(i);
+  out.close();
+}
+
+// Stage two: squares what it receives until its input is closed.
+void square(urge::chan<long> in, urge::chan<long> out) {
+  for (long v : in) out.send(v * v);
+  out.close();
+}
+
+void section_channels() {
+  header(2, "Channels and select");
+  // One P: every goroutine of this section takes turns on a single thread.
+  urge::config cfg;
+  cfg.maxprocs = 1;
+  urge::run(cfg, [] {
+    // A pipeline: generate -> square -> this goroutine.
+    urge::chan<long> numbers, squares;
+    urge::go(generate, numbers, 5L);
+    urge::go(square, numbers, squares);
+    std::printf(
+        "A pipeline of three goroutines joined by two channels:\n\n  generate 1..5 -> square ->");
+    long sum = 0;
+    for (long v : squares) {
+      std::printf(" %ld", v);
+      sum += v;
+    }
+    std::printf("   (sum %ld)\n", sum);
+
+    // The same pipeline with many more numbers, against the clock.
+    constexpr long kValues = 200'000;
+    urge::chan<long> big_numbers, big_squares;
+    auto start = clock_type::now();
+    urge::go(generate, big_numbers, kValues);
+    urge::go(square, big_numbers, big_squares);
+    long count = 0;
+    for (long v : big_squares) count += v > 0;
+    double per_value = ns_since(start) / static_cast<double>(kValues);
+    std::printf(
+        "\nPushing %s numbers through it takes %.0f ns per number, all on one\n"
+        "thread: two hand-overs, each moving the value straight into the goroutine\n"
+        "waiting for it, which then runs next.\n",
+        grouped(count).c_str(), per_value);
+
+    // select: whichever comes first, a reply or the timeout.
+    urge::chan<std::string> replies;  // nobody will answer
+    start = clock_type::now();
+    urge::select(
+        urge::on_recv(replies,
+                      [](std::optional<std::string> r) {
+                        std::printf("\nreply: %s\n", r ? r->c_str() : "(closed)");
+                      }),
+        urge::on_recv(urge::after(std::chrono::milliseconds(20)), [&] {
+          std::printf(
+              "\nA select waited for a reply or a 20 ms timer, whichever came first: no reply,\n"
+              "so it gave up after %.1f ms. While it waited, its goroutine was parked on both\n"
+              "channels at once and cost no CPU.\n",
+              ns_since(start) / 1e6);
+        }));
+
+    // Cancellation: workers stop when their context's deadline passes.
+    auto [ctx, cancel] =
+        urge::with_timeout(urge::context::background(), std::chrono::milliseconds(10));
+    urge::chan<long> jobs(64);
+    std::atomic<long> done_jobs{0};
+    urge::wait_group wg;
+    constexpr int kWorkers = 4;
+    for (int w = 0; w < kWorkers; ++w) {
+      wg.add(1);
+      urge::go([&, ctx = ctx, jobs] {
+        for (bool stop = false; !stop;) {
+          urge::select(urge::on_recv(jobs, [&](std::optional<long>) { ++done_jobs; }),
+                       urge::on_recv(ctx.done(), [&] { stop = true; }));
+        }
+        wg.done();
+      });
+    }
+    wg.add(1);
+    urge::go([&, ctx = ctx, jobs] {
+      bool stop = false;
+      for (long i = 0; !stop; ++i) {
+        urge::select(urge::on_send(jobs, i), urge::on_recv(ctx.done(), [&] { stop = true; }));
+      }
+      wg.done();
+    });
+    wg.wait();
+    cancel();  // the deadline did it already; calling cancel is still good manners
+    std::printf(
+        "\n%d workers and a feeder shared a context with a 10 ms deadline. They handled\n"
+        "%s jobs, then the deadline closed ctx.done() and every one of them returned\n"
+        "(ctx.err(): \"%s\").\n",
+        kWorkers, grouped(done_jobs.load()).c_str(), ctx.err().message().c_str());
+  });
+}
+
 }  // namespace
 
 int main() {
   std::printf("A tour of urge, a Go-style goroutine runtime for C++, from the bottom up.\n");
   section_context_switching();
+  section_channels();
   return 0;
 }

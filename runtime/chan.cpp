@@ -100,8 +100,7 @@ op chanrecv(hchan* c, void* opt, bool block) {
     if (c->qcount.load(std::memory_order_relaxed) == 0) return op::closed;
   }
   c->lock.lock();
-  if (c->closed.load(std::memory_order_relaxed) &&
-      c->qcount.load(std::memory_order_relaxed) == 0) {
+  if (c->closed.load(std::memory_order_relaxed) && c->qcount.load(std::memory_order_relaxed) == 0) {
     c->lock.unlock();
     return op::closed;
   }
@@ -128,7 +127,9 @@ op chanrecv(hchan* c, void* opt, bool block) {
   return s.success ? op::done : op::closed;
 }
 
-[[noreturn]] void throw_closed(const char* what) { throw closed_channel_error(what); }
+[[noreturn]] void throw_closed(const char* what) {
+  throw closed_channel_error(what);
+}
 
 }  // namespace
 
@@ -173,7 +174,9 @@ void buf_recv(hchan* c, void* opt) {
   c->qcount.store(c->qcount.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
 }
 
-bool chan_send_nonblocking(hchan* c, void* elem) { return chansend(c, elem, false) == op::done; }
+bool chan_send_nonblocking(hchan* c, void* elem) {
+  return chansend(c, elem, false) == op::done;
+}
 
 void block_forever(waitreason reason) {
   gopark(nullptr, nullptr, reason);
@@ -202,7 +205,9 @@ hchan* chan_make(const chan_elem* type, std::size_t capacity) {
   return c;
 }
 
-void chan_retain(hchan* c) noexcept { c->refs.fetch_add(1, std::memory_order_relaxed); }
+void chan_retain(hchan* c) noexcept {
+  c->refs.fetch_add(1, std::memory_order_relaxed);
+}
 
 void chan_release(hchan* c) noexcept {
   if (c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
@@ -220,7 +225,9 @@ void chan_send(hchan* c, void* elem) {
   if (chansend(c, elem, true) == op::closed) throw_closed("send on closed channel");
 }
 
-bool chan_recv(hchan* c, void* opt) { return chanrecv(c, opt, true) == op::done; }
+bool chan_recv(hchan* c, void* opt) {
+  return chanrecv(c, opt, true) == op::done;
+}
 
 bool chan_try_send(hchan* c, void* elem) {
   op r = chansend(c, elem, false);
@@ -272,6 +279,8 @@ std::size_t chan_len(const hchan* c) noexcept {
   return c ? c->qcount.load(std::memory_order_relaxed) : 0;
 }
 
-std::size_t chan_cap(const hchan* c) noexcept { return c ? c->dataqsiz : 0; }
+std::size_t chan_cap(const hchan* c) noexcept {
+  return c ? c->dataqsiz : 0;
+}
 
 }  // namespace urge::detail

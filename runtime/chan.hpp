@@ -26,11 +26,14 @@
 namespace urge::runtime {
 
 // A goroutine blocked on a channel (Go's sudog). On the goroutine's stack.
+// The owner fills gp, elem and select_done before queueing it; from then on
+// the record belongs to whoever holds the channel's lock, until a waker has
+// dequeued it and readied gp (then to nobody: the frame may be gone).
 struct sudog {
   g* gp = nullptr;
   // send: the T to move from; receive: the std::optional<T> to emplace into.
   void* elem = nullptr;
-  sudog* next = nullptr;  // in a waitq: the channel's lock
+  sudog* next = nullptr;  // queue links: the channel's lock
   sudog* prev = nullptr;
   // A select's records share one flag: the first waker to set it wins the
   // select and the others pass over its records (Go's g.selectDone). nullptr
@@ -117,8 +120,8 @@ struct hchan {
   // Written under lock (release); read without it by the fast paths. Never
   // goes back to false.
   std::atomic<bool> closed{false};
-  runtime::waitq recvq;  // blocked receivers; lock
-  runtime::waitq sendq;  // blocked senders; lock
+  runtime::waitq recvq;             // blocked receivers; lock
+  runtime::waitq sendq;             // blocked senders; lock
   const chan_elem* type = nullptr;  // immutable
   unsigned char* buf = nullptr;     // dataqsiz elements; immutable pointer
 

@@ -206,9 +206,8 @@ cancel_pair with_deadline(const context& parent, time_point d) {
   }
   auto n = new_child(parent.n_);
   n->deadline = d;
-  std::int64_t when = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          d.time_since_epoch())
-                          .count();
+  std::int64_t when =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(d.time_since_epoch()).count();
   if (when <= platform::nanotime()) {
     n->cancel(true, context_errc::deadline_exceeded);
     return {context(n), cancel_func(n)};

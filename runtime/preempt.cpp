@@ -137,6 +137,12 @@ void sigurg_handler(int, siginfo_t*, void* ctx) {
     errno = saved_errno;
     return;
   }
+  // Whatever this delivery is for, no signal from sysmon is in flight any
+  // more: a request sent while the goroutine resumes merges with the resume
+  // signal (one SIGURG pending at a time) and is consumed by step 3. Cleared
+  // only in step 2, it would stay set, and sysmon would never signal this M
+  // again.
+  mp->signal_pending.store(false, std::memory_order_relaxed);
   // Step 3: the goroutine asks to be resumed where it was interrupted.
   if (void* buf = mp->resume_ctx) {
     mp->resume_ctx = nullptr;
@@ -150,7 +156,6 @@ void sigurg_handler(int, siginfo_t*, void* ctx) {
     return;
   }
   // Step 2: a preemption request.
-  mp->signal_pending.store(false, std::memory_order_relaxed);
   g* gp = mp->curg.load(std::memory_order_relaxed);
   if (!gp || !sched || !sched->async_preempt || mp->in_preempt ||
       !gp->preempt.load(std::memory_order_relaxed) ||

@@ -616,7 +616,18 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   g* gp = getg();
   if (!gp) fatal("gopark outside a goroutine");
   gp->reason = reason;
-  gp->waitsince = coarse_nanotime();
+  // Even the coarse clock costs ~9 ns here, a third of a switch; dumps only
+  // show whole minutes. So reuse the P's reading while it is on the same
+  // time slice (schedtick unchanged): stale by at most about a quantum.
+  if (p* pp = gp->curm->curp) {
+    if (pp->park_clock_tick != pp->schedtick || pp->park_clock == 0) {
+      pp->park_clock = coarse_nanotime();
+      pp->park_clock_tick = pp->schedtick;
+    }
+    gp->waitsince = pp->park_clock;
+  } else {
+    gp->waitsince = coarse_nanotime();
+  }
   URGE_TRACE_EVENT(go_block, gp->goid, static_cast<int>(reason));
   gp->status.store(gstatus::waiting, std::memory_order_release);
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
@@ -1293,13 +1304,14 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   maing->is_main = true;
   sched->main_g = maing;
   sched->next_goid.store(1, std::memory_order_relaxed);
-  newproc_ready(&m0, maing);
-
   preempt_init();
   install_sigquit();
   g_prev_terminate = std::set_terminate(panic_terminate);
   trace_start();
   start_sysmon();
+  // Only now, with everything above in force: newproc_ready may start an M
+  // that steals main (and what main spawns) before this thread goes on.
+  newproc_ready(&m0, maing);
   preempt_off = 1;  // g0's baseline: see switch_away
   schedule_loop(&m0);
   preempt_off = 0;

@@ -154,6 +154,9 @@ struct p {
   std::atomic<m*> curm{nullptr};   // the M it is attached to; owner writes, sysmon reads
   p* link = nullptr;               // idle list; sched.lock
   std::uint32_t schedtick = 0;     // incremented on every schedule that does not inherit; owner
+  // gopark's clock reading and the schedtick it was taken at; owner.
+  std::int64_t park_clock = 0;
+  std::uint32_t park_clock_tick = 0;
   std::atomic<std::uint32_t> schedtick_pub{0};  // schedtick, published for sysmon
   std::atomic<std::uint32_t> syscalltick{0};    // incremented on every blocking call
   run_queue<g> runq;

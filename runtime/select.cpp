@@ -55,7 +55,9 @@ std::uint32_t cheaprandn(std::uint32_t n) {
 
 using detail::scase;
 
-bool chan_less(const hchan* a, const hchan* b) { return std::less<const hchan*>{}(a, b); }
+bool chan_less(const hchan* a, const hchan* b) {
+  return std::less<const hchan*>{}(a, b);
+}
 
 void sellock(const scase* cases, const std::uint16_t* lockorder, std::size_t n) {
   hchan* prev = nullptr;

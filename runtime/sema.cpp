@@ -22,9 +22,13 @@ struct sudog {
 
 struct alignas(64) semaroot {
   futex_mutex lock;
-  sudog* head = nullptr;  // lock
-  sudog* tail = nullptr;  // lock
+  sudog* head = nullptr;                // lock
+  sudog* tail = nullptr;                // lock
   std::atomic<std::uint32_t> nwait{0};  // waiters of any address in this root
+  // The run (sched->start_time) whose waiters the list holds; lock. The table
+  // outlives run(): goroutines abandoned when main returns leave their
+  // records (on stacks since freed) behind, which a later run must not walk.
+  std::int64_t epoch = 0;
 };
 
 constexpr std::size_t semtabsize = 251;  // prime, as Go's
@@ -72,6 +76,17 @@ void dequeue(semaroot* r, sudog* s) {
   s->next = s->prev = nullptr;
 }
 
+// Locks r, first forgetting the waiters of an earlier run (see epoch).
+void lock_root(semaroot* r) {
+  r->lock.lock();
+  const std::int64_t epoch = sched ? sched->start_time : 0;
+  if (r->epoch != epoch) {
+    r->head = r->tail = nullptr;
+    r->nwait.store(0, std::memory_order_relaxed);
+    r->epoch = epoch;
+  }
+}
+
 bool unlock_root(g*, void* arg) {
   static_cast<semaroot*>(arg)->lock.unlock();
   return true;
@@ -97,7 +112,7 @@ void semacquire(std::atomic<std::uint32_t>* addr, bool lifo, waitreason reason) 
   s.addr = addr;
   semaroot* root = root_for(addr);
   for (;;) {
-    root->lock.lock();
+    lock_root(root);
     // Announce the waiter before the final check: semrelease increments the
     // count and then reads nwait, so one of the two sees the other (seq_cst).
     root->nwait.fetch_add(1, std::memory_order_seq_cst);
@@ -119,7 +134,7 @@ void semrelease(std::atomic<std::uint32_t>* addr, std::uint32_t n, bool handoff)
   semaroot* root = root_for(addr);
   if (root->nwait.load(std::memory_order_seq_cst) == 0) return;
   for (std::uint32_t i = 0; i < n; ++i) {
-    root->lock.lock();
+    lock_root(root);
     if (root->nwait.load(std::memory_order_relaxed) == 0) {
       root->lock.unlock();
       return;

@@ -239,7 +239,9 @@ struct list_waiter {
   std::int64_t n = 0;        // semaphore: units wanted
 };
 
-bool ticket_less(std::uint32_t a, std::uint32_t b) { return static_cast<std::int32_t>(a - b) < 0; }
+bool ticket_less(std::uint32_t a, std::uint32_t b) {
+  return static_cast<std::int32_t>(a - b) < 0;
+}
 
 }  // namespace
 

@@ -18,8 +18,8 @@
 #include "platform/clock.hpp"
 #include "runtime/chan.hpp"
 #include "runtime/runtime2.hpp"
-#include "urge/time.hpp"
 #include "urge/runtime.hpp"
+#include "urge/time.hpp"
 
 namespace urge {
 
@@ -27,7 +27,9 @@ namespace {
 
 using time_point = std::chrono::steady_clock::time_point;
 
-time_point now_time_point() { return time_point(std::chrono::nanoseconds(platform::nanotime())); }
+time_point now_time_point() {
+  return time_point(std::chrono::nanoseconds(platform::nanotime()));
+}
 
 // When a timer of duration d started now fires, saturating far in the future.
 std::int64_t when_after(std::chrono::nanoseconds d) {
@@ -229,7 +231,7 @@ timer::~timer() {
 bool timer::stop() {
   if (!s_) return false;
   std::lock_guard lock(s_->mu);
-  if (!runtime::del_timer(&s_->t)) return false;  // fired: the callback drops its reference
+  if (!runtime::del_timer(&s_->t)) return false;     // fired: the callback drops its reference
   s_->refs.fetch_sub(1, std::memory_order_relaxed);  // never the last: we hold one
   return true;
 }

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <numeric>
 #include <optional>
+#include <ranges>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,6 +23,10 @@ using urge::chan;
 
 class Chan : public procs_test {};
 URGE_PROCS_SUITE(Chan);
+
+// Range-for, and the standard range algorithms, see a channel as an input range.
+static_assert(std::ranges::input_range<chan<int>>);
+static_assert(std::input_iterator<chan<int>::iterator>);
 
 // Goroutines queued on a channel, counted under its lock.
 template <class T>

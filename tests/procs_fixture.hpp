@@ -28,9 +28,13 @@ inline bool slow() {
 }
 
 // A time tolerance: `native`, or ten times it under URGE_TEST_SLOW.
-inline clk::duration tolerance(clk::duration native) { return slow() ? native * 10 : native; }
+inline clk::duration tolerance(clk::duration native) {
+  return slow() ? native * 10 : native;
+}
 
-inline double ms(clk::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+inline double ms(clk::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 // TEST_P(procs_test, ...) { run([&] { ... }); } runs the body as the main
 // goroutine with maxprocs = GetParam().

@@ -58,6 +58,21 @@ clk::duration tolerance(clk::duration native) {
   return slow() ? native * 10 : native;
 }
 
+// How late the kernel wakes a thread that sleeps for d, right now. Timing
+// tests allow for it on top of their own tolerance: a machine loaded by other
+// programs (tests run in parallel, builds) delays every wakeup, the runtime's
+// included, while a runtime that is late by itself is still caught.
+clk::duration os_overshoot(clk::duration d) {
+  const auto t0 = clk::now();
+  std::this_thread::sleep_for(d);
+  return clk::now() - t0 - d;
+}
+
+clk::duration median_of(std::vector<clk::duration> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? clk::duration{} : v[v.size() / 2];
+}
+
 urge::config procs(int n) {
   urge::config c;
   c.maxprocs = n;
@@ -163,10 +178,59 @@ TEST_P(Procs, YieldIsFair) {
   }
   const double mean = static_cast<double>(total) / n;
   EXPECT_GT(total, 1000) << "the goroutines hardly ran";
-  // One P is a strict round robin; with two, each P's share depends on the OS
-  // scheduling its thread, so the bound is generous.
-  const double floor = GetParam() == 1 ? mean / 2 : mean / 4;
+  // One P is a strict round robin. With two, the count of a goroutine also
+  // depends on how fast its P's thread goes, which is the OS's business on a
+  // machine loaded by other tests, so the bound only catches starvation.
+  const double floor = GetParam() == 1 ? mean / 2 : mean / 10;
   EXPECT_GE(static_cast<double>(lo), floor) << "min " << lo << " max " << hi << " mean " << mean;
+}
+
+// A goroutine alone on its P that yields must not keep the P to itself while
+// goroutines queue on another P (in Go, Gosched goes through the global queue
+// and so spreads them). Here the lone yielder starts on one P while six
+// yielders queue on the other; some of them must come to run on its P.
+TEST(Sched, LoneYielderTakesWorkFromABusyP) {
+  urge::config cfg = procs(2);
+  cfg.async_preempt = false;  // placement by construction, not by preemption
+  int lone_p = -1;
+  std::set<int> queued_ps;
+  urge::run(cfg, [&] {
+    std::atomic<bool> lone_running{false}, spawned{false}, stop{false};
+    std::atomic<int> on_lone_p{0};
+    urge::mutex mu;
+    urge::wait_group wg;
+    wg.add(7);
+    urge::go([&] {
+      lone_p = current_p();
+      lone_running = true;
+      spin_until([&] { return spawned.load(); }, "the others are queued");
+      const auto give_up = clk::now() + 30s;
+      while (on_lone_p.load() == 0 && clk::now() < give_up) urge::yield();
+      stop = true;
+      wg.done();
+    });
+    // It runs on the other P once stolen: we keep this one busy until then.
+    spin_until([&] { return lone_running.load(); }, "the lone yielder runs");
+    for (int i = 0; i < 6; ++i) {
+      urge::go([&] {
+        do {  // at least once: each records where it ran first
+          const int p = current_p();
+          if (p == lone_p) on_lone_p.fetch_add(1);
+          {
+            std::lock_guard lock(mu);
+            queued_ps.insert(p);
+          }
+          urge::yield();
+        } while (!stop.load());
+        wg.done();
+      });
+    }
+    spawned = true;
+    wg.wait();
+  });
+  ASSERT_GE(lone_p, 0);
+  EXPECT_TRUE(queued_ps.count(lone_p)) << "no queued goroutine ever ran on the yielder's P";
+  EXPECT_EQ(queued_ps.size(), 2u);
 }
 
 TEST_P(Procs, HundredThousandGoroutinesAllComplete) {
@@ -302,7 +366,9 @@ TEST(Sched, NumGoroutinesCountsMainAndLiveOnes) {
 TEST(Sched, WakeupsAcrossPs) {
   const int rounds = slow() ? 50 : 300;
   int crossed = 0, woken = 0;
-  urge::run(procs(2), [&] {
+  urge::config cfg = procs(2);
+  cfg.async_preempt = false;  // a spinning goroutine keeps its P
+  urge::run(cfg, [&] {
     for (int round = 0; round < rounds; ++round) {
       const bool use_mutex = round % 2 == 1;
       urge::wait_group gate, done;
@@ -358,7 +424,9 @@ TEST(Sched, BlockingHandsThePOffWithOneProc) {
   const int rounds = 6;
   int completed = 0;
   urge::sched_stats st;
-  urge::run(procs(1), [&] {
+  urge::config cfg = procs(1);
+  cfg.async_preempt = false;  // nothing may take the P between `entered` and blocking()
+  urge::run(cfg, [&] {
     for (int round = 0; round < rounds; ++round) {
       const bool use_pipe = round % 2 == 0;
       int fds[2];
@@ -430,10 +498,13 @@ constexpr int kTimingAttempts = 3;
 
 // Timers fire in the order of their deadlines. Timers that fall due together
 // (when the M wakes late) are readied into runnext one after the other, which
-// reverses them, as in Go; the steps are wide enough that only a late wakeup
-// of a whole step can make that happen.
+// reverses them, as in Go; the steps are wide enough that only a wakeup late
+// by a whole step can make that happen.
 TEST_P(Procs, TimersFireInOrder) {
-  const clk::duration step = slow() ? 40ms : 15ms;
+  // Three times what the kernel's own wakeups are late by now, at least 15 ms.
+  clk::duration os_late{};
+  for (int i = 0; i < 5; ++i) os_late = std::max(os_late, os_overshoot(1ms));
+  const clk::duration step = std::max<clk::duration>(tolerance(15ms), 3 * os_late);
   const int order[] = {4, 1, 3, 5, 2, 6};  // goroutine i sleeps order[i] * step
   std::vector<int> woke;
   for (int attempt = 0; attempt < kTimingAttempts; ++attempt) {
@@ -461,18 +532,21 @@ TEST_P(Procs, TimersFireInOrder) {
     for (auto over : overshoot) EXPECT_GE(over.count(), 0) << "woke early";
     if (std::is_sorted(woke.begin(), woke.end())) break;
   }
-  EXPECT_EQ(woke, (std::vector<int>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(woke, (std::vector<int>{1, 2, 3, 4, 5, 6})) << "step " << ms(step) << " ms";
 }
 
 // On an idle runtime the M waiting for the next timer sleeps until it and no
-// longer: sleep(d) lasts d plus a wakeup latency well under 2 ms.
+// longer: sleep(d) lasts d plus a wakeup latency well under 2 ms, beyond what
+// the kernel adds to a thread's own sleep(d) at the same moment (measured in
+// between, on the same thread: nothing else runs).
 TEST_P(Procs, SleepIsOnTimeOnAnIdleRuntime) {
   const clk::duration durations[] = {1ms, 2ms, 3ms, 5ms, 1ms, 8ms, 2ms, 13ms, 1ms, 4ms, 6ms};
-  clk::duration median{}, worst{};
+  clk::duration median{}, worst{}, os_median{}, os_worst{};
   for (int attempt = 0; attempt < kTimingAttempts; ++attempt) {
-    std::vector<clk::duration> over;
+    std::vector<clk::duration> over, os;
     urge::run(procs(GetParam()), [&] {
       for (auto d : durations) {
+        os.push_back(os_overshoot(d));
         const auto t0 = clk::now();
         urge::sleep(d);
         over.push_back(clk::now() - t0 - d);
@@ -480,14 +554,17 @@ TEST_P(Procs, SleepIsOnTimeOnAnIdleRuntime) {
     });
     ASSERT_EQ(over.size(), std::size(durations));
     for (auto o : over) EXPECT_GE(o.count(), 0) << "woke early";
-    std::sort(over.begin(), over.end());
-    median = over[over.size() / 2];
-    worst = over.back();
+    median = median_of(over);
+    worst = *std::max_element(over.begin(), over.end());
+    os_median = median_of(os);
+    os_worst = *std::max_element(os.begin(), os.end());
     // The median is the claim; the worst case allows for a loaded machine.
-    if (median < tolerance(2ms) && worst < tolerance(10ms)) break;
+    if (median < os_median + tolerance(2ms) && worst < os_worst + tolerance(10ms)) break;
   }
-  EXPECT_LT(median, tolerance(2ms)) << "median overshoot " << ms(median) << " ms";
-  EXPECT_LT(worst, tolerance(10ms)) << "worst overshoot " << ms(worst) << " ms";
+  EXPECT_LT(median, os_median + tolerance(2ms))
+      << "median overshoot " << ms(median) << " ms; the kernel's " << ms(os_median) << " ms";
+  EXPECT_LT(worst, os_worst + tolerance(10ms))
+      << "worst overshoot " << ms(worst) << " ms; the kernel's " << ms(os_worst) << " ms";
 }
 
 // A timer on a P whose M is busy with a goroutine that never reaches a
@@ -495,11 +572,12 @@ TEST_P(Procs, SleepIsOnTimeOnAnIdleRuntime) {
 TEST(Sched, TimerOnABusyPFiresOnTime) {
   urge::config cfg = procs(2);
   cfg.async_preempt = false;  // the hog must keep its P
-  const clk::duration d = 5ms;
+  const clk::duration d = 5ms, hog = tolerance(2s);
   int same_p = 0;
-  std::vector<clk::duration> over;
+  std::vector<clk::duration> over, os;
   urge::run(cfg, [&] {
     for (int attempt = 0; attempt < 5; ++attempt) {
+      os.push_back(os_overshoot(d));  // the kernel's latency, for comparison
       std::atomic<bool> woke{false};
       std::atomic<int> hog_p{-1};
       int sleeper_p = -1;
@@ -510,7 +588,7 @@ TEST(Sched, TimerOnABusyPFiresOnTime) {
         // The hog goes to this P's runnext and runs as soon as we park.
         urge::go([&] {
           hog_p = current_p();
-          const auto give_up = clk::now() + tolerance(2s);
+          const auto give_up = clk::now() + hog;
           while (!woke.load() && clk::now() < give_up) cpu_relax();
           wg.done();
         });
@@ -527,16 +605,14 @@ TEST(Sched, TimerOnABusyPFiresOnTime) {
     }
   });
   EXPECT_GT(same_p, 0) << "the hog never ran on the sleeper's P: the test proved nothing";
-  // Unless another M runs the timer, it fires when the hog gives up, 2 s late.
-  // On time here means well under that, even on a machine loaded by other
-  // tests; the median is closer to the idle case.
-  std::sort(over.begin(), over.end());
+  // Unless another M runs the timer, it fires when the hog gives up.
   for (auto o : over) {
     EXPECT_GE(o.count(), 0);
-    EXPECT_LT(o, tolerance(30ms)) << "overshoot " << ms(o) << " ms";
+    EXPECT_LT(o, hog / 4) << "overshoot " << ms(o) << " ms: the timer waited for the hog";
   }
-  EXPECT_LT(over[over.size() / 2], tolerance(10ms))
-      << "median overshoot " << ms(over[over.size() / 2]) << " ms";
+  EXPECT_LT(median_of(over), median_of(os) + tolerance(5ms))
+      << "median overshoot " << ms(median_of(over)) << " ms; the kernel's " << ms(median_of(os))
+      << " ms";
 }
 
 // ---- Deadlock detection ---------------------------------------------------------

@@ -157,9 +157,9 @@ TEST_P(Select, BlockedSelectIsWokenBySendAndWithdrawsItsOtherCases) {
     chan<int> res(1);
     urge::go([=] {
       std::optional<int> got;
-      std::size_t k = urge::select(on_recv(a, [&](std::optional<int> v) { got = v; }),
-                                   on_recv(b, [&](std::optional<int> v) { got = v; }),
-                                   on_send(c, 3));
+      std::size_t k =
+          urge::select(on_recv(a, [&](std::optional<int> v) { got = v; }),
+                       on_recv(b, [&](std::optional<int> v) { got = v; }), on_send(c, 3));
       res.send(static_cast<int>(k) * 100 + *got);
     });
     ASSERT_TRUE(await_queued(b, false, 1));
@@ -284,8 +284,8 @@ TEST_P(Select, MoveOnlyValuesAreSentOrDropped) {
     chan<std::unique_ptr<int>> ready(1), full(1);
     full.send(std::make_unique<int>(0));
     auto p = std::make_unique<int>(5);
-    std::size_t k = urge::select(on_send(ready, std::move(p)),
-                                 on_send(full, std::make_unique<int>(6)));
+    std::size_t k =
+        urge::select(on_send(ready, std::move(p)), on_send(full, std::make_unique<int>(6)));
     EXPECT_EQ(k, 0u);
     EXPECT_EQ(**ready.recv(), 5);
     EXPECT_EQ(**full.recv(), 0);  // 6 was never sent

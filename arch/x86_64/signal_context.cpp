@@ -76,6 +76,12 @@ bool redirect_to_trampoline(ucontext_t* uc, std::uintptr_t stack_lo, std::size_t
   // in the saved copy.
   uc->uc_mcontext.fpregs->mxcsr = 0x1f80;
   uc->uc_mcontext.fpregs->cwd = 0x037f;
+  // And with an empty x87 register stack, as the ABI requires at a call: the
+  // interrupted code may be in the middle of long double arithmetic, and the
+  // goroutines this thread runs next would push onto its registers (stack
+  // overflow: NaNs and FE_INVALID). Its registers are in the saved copy.
+  uc->uc_mcontext.fpregs->swd = 0;
+  uc->uc_mcontext.fpregs->ftw = 0;  // abridged tag word: every register empty
   return true;
 }
 

@@ -16,6 +16,8 @@
 #include <sys/resource.h>
 #include <sys/time.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -27,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace {
 
@@ -342,6 +345,78 @@ void bench_mutex(int64_t n) {
   result("ns_per_lockunlock", ns_per(ns, per * workers), "ns");
 }
 
+// ---------------------------------------------------------------- preemptlat
+
+// The p-th percentile (0 < p <= 1) of sorted xs: the smallest value with at
+// least p of the samples at or below it (as the Go peer's percentile).
+double percentile(const std::vector<double>& xs, double p) {
+  auto i = static_cast<int64_t>(static_cast<double>(xs.size()) * p + 0.999999) - 1;
+  i = std::clamp<int64_t>(i, 0, static_cast<int64_t>(xs.size()) - 1);
+  return xs[static_cast<std::size_t>(i)];
+}
+
+double us_between(clk::time_point a, clk::time_point b) {
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
+
+// The time from a goroutine becoming runnable behind a CPU hog until it runs
+// (run with PROCS 1). Each of n samples: a goroutine w parks in wg.wait();
+// main sleeps 1-3 ms (so that the sample starts afresh), readies w with
+// wg.done() and turns into the hog: a loop without calls, which only an
+// asynchronous preemption stops, until w has run. w records when.
+void bench_preemptlat(int64_t n) {
+  std::vector<double> lat;
+  lat.reserve(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; i++) {
+    urge::wait_group wg;
+    std::atomic<bool> ran{false};
+    clk::time_point ran_at;
+    wg.add(1);
+    urge::go([&wg, &ran, &ran_at] {
+      wg.wait();
+      ran_at = clk::now();
+      ran.store(true, std::memory_order_release);
+    });
+    urge::sleep(std::chrono::milliseconds(1 + i % 3));
+    const clk::time_point t0 = clk::now();
+    wg.done();
+    while (!ran.load(std::memory_order_acquire)) {
+    }
+    lat.push_back(us_between(t0, ran_at));
+  }
+  std::sort(lat.begin(), lat.end());
+  result("p50_us", percentile(lat, 0.5), "us");
+  result("max_us", lat.back(), "us");
+}
+
+// ---------------------------------------------------------------- timerlat
+
+// How late sleep(1 ms) returns while a CPU hog (a loop without calls) shares
+// the P (run with PROCS 1); n samples.
+void bench_timerlat(int64_t n) {
+  std::atomic<bool> stop{false};
+  urge::wait_group hog;
+  hog.add(1);
+  urge::go([&stop, &hog] {
+    while (!stop.load(std::memory_order_relaxed)) {
+    }
+    hog.done();
+  });
+  urge::sleep(std::chrono::milliseconds(1));  // the hog holds the P from here on
+  std::vector<double> lat;
+  lat.reserve(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; i++) {
+    const clk::time_point t0 = clk::now();
+    urge::sleep(std::chrono::milliseconds(1));
+    lat.push_back(us_between(t0, clk::now()) - 1000.0);
+  }
+  stop.store(true, std::memory_order_relaxed);
+  hog.wait();
+  std::sort(lat.begin(), lat.end());
+  result("p50_us", percentile(lat, 0.5), "us");
+  result("p99_us", percentile(lat, 0.99), "us");
+}
+
 // ---------------------------------------------------------------- main
 
 struct bench_case {
@@ -356,6 +431,7 @@ constexpr bench_case cases[] = {
     {"idle", bench_idle, 5},               {"pingpong", bench_pingpong, 1000000},
     {"buffered", bench_buffered, 4000000}, {"select2", bench_select2, 2000000},
     {"mutex", bench_mutex, 4000000},
+    {"preemptlat", bench_preemptlat, 200}, {"timerlat", bench_timerlat, 500},
 };
 
 [[noreturn]] void usage() {

@@ -52,8 +52,8 @@ struct chan_elem_of {
     static_cast<std::optional<T>*>(opt)->emplace(std::move(*static_cast<T*>(src)));
   }
   static void destroy(void* p) noexcept { static_cast<T*>(p)->~T(); }
-  static constexpr chan_elem value{sizeof(T), alignof(T), std::is_trivially_copyable_v<T>,
-                                   &construct, &emplace, &destroy};
+  static constexpr chan_elem value{sizeof(T),  alignof(T), std::is_trivially_copyable_v<T>,
+                                   &construct, &emplace,   &destroy};
 };
 
 // The runtime's entry points (runtime/chan.cpp). `elem` is a T to move from;

@@ -88,8 +88,7 @@ class context {
  private:
   friend class cancel_func;
   friend cancel_pair with_cancel(const context& parent);
-  friend cancel_pair with_deadline(const context& parent,
-                                   std::chrono::steady_clock::time_point d);
+  friend cancel_pair with_deadline(const context& parent, std::chrono::steady_clock::time_point d);
   friend std::size_t detail::context_children(const context& ctx);
   explicit context(std::shared_ptr<detail::context_node> n) noexcept : n_(std::move(n)) {}
 
@@ -106,8 +105,7 @@ class cancel_func {
 
  private:
   friend cancel_pair with_cancel(const context& parent);
-  friend cancel_pair with_deadline(const context& parent,
-                                   std::chrono::steady_clock::time_point d);
+  friend cancel_pair with_deadline(const context& parent, std::chrono::steady_clock::time_point d);
   explicit cancel_func(std::shared_ptr<detail::context_node> n) noexcept : n_(std::move(n)) {}
   std::shared_ptr<detail::context_node> n_;
 };

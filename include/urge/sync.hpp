@@ -8,7 +8,8 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
-#include <mutex>
+#include <mutex>         // std::lock_guard, std::unique_lock
+#include <shared_mutex>  // std::shared_lock, for rw_mutex
 #include <utility>
 
 namespace urge {

@@ -94,7 +94,8 @@ class timer {
  private:
   friend timer after_func(std::chrono::nanoseconds d, std::function<void()> f);
   timer(std::chrono::nanoseconds d, std::function<void()> f);
-  detail::timer_state* s_ = nullptr;  // shared with the pending timer (refcounted); nullptr when moved from
+  // Shared with the pending timer (refcounted); nullptr when moved from.
+  detail::timer_state* s_ = nullptr;
   chan<std::chrono::steady_clock::time_point> c_;
 };
 

@@ -15,9 +15,11 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -334,6 +336,78 @@ func benchMutex(n int64) {
 	result("ns_per_lockunlock", nsPer(d, per*workers), "ns")
 }
 
+// ---------------------------------------------------------------- preemptlat
+
+// percentile returns the p-th percentile (0 < p <= 1) of sorted xs: the
+// smallest value with at least p of the samples at or below it.
+func percentile(xs []float64, p float64) float64 {
+	i := int(float64(len(xs))*p+0.999999) - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(xs) {
+		i = len(xs) - 1
+	}
+	return xs[i]
+}
+
+// benchPreemptlat: the time from a goroutine becoming runnable behind a CPU
+// hog until it runs (run with PROCS 1). Each of n samples: a goroutine w
+// parks in wg.Wait; main sleeps 1-3 ms (so that the sample starts afresh),
+// readies w with wg.Done and turns into the hog: a loop without calls, which
+// only an asynchronous preemption stops, until w has run. w records when.
+func benchPreemptlat(n int64) {
+	base := time.Now()
+	lat := make([]float64, 0, n)
+	for i := int64(0); i < n; i++ {
+		var wg sync.WaitGroup
+		var ran int32
+		var ranAt int64
+		wg.Add(1)
+		go func() {
+			wg.Wait()
+			atomic.StoreInt64(&ranAt, int64(time.Since(base)))
+			atomic.StoreInt32(&ran, 1)
+		}()
+		time.Sleep(time.Duration(1+i%3) * time.Millisecond)
+		t0 := int64(time.Since(base))
+		wg.Done()
+		for atomic.LoadInt32(&ran) == 0 {
+		}
+		lat = append(lat, float64(atomic.LoadInt64(&ranAt)-t0)/1e3)
+	}
+	sort.Float64s(lat)
+	result("p50_us", percentile(lat, 0.5), "us")
+	result("max_us", lat[len(lat)-1], "us")
+}
+
+// ---------------------------------------------------------------- timerlat
+
+// benchTimerlat: how late time.Sleep(1 ms) returns while a CPU hog (a loop
+// without calls) shares the P (run with PROCS 1); n samples.
+func benchTimerlat(n int64) {
+	var stop int32
+	var hog sync.WaitGroup
+	hog.Add(1)
+	go func() {
+		for atomic.LoadInt32(&stop) == 0 {
+		}
+		hog.Done()
+	}()
+	time.Sleep(time.Millisecond) // the hog holds the P from here on
+	lat := make([]float64, 0, n)
+	for i := int64(0); i < n; i++ {
+		t0 := time.Now()
+		time.Sleep(time.Millisecond)
+		lat = append(lat, float64(time.Since(t0)-time.Millisecond)/1e3)
+	}
+	atomic.StoreInt32(&stop, 1)
+	hog.Wait()
+	sort.Float64s(lat)
+	result("p50_us", percentile(lat, 0.5), "us")
+	result("p99_us", percentile(lat, 0.99), "us")
+}
+
 // ---------------------------------------------------------------- main
 
 type benchCase struct {
@@ -342,18 +416,21 @@ type benchCase struct {
 }
 
 var cases = map[string]benchCase{
-	"yield":    {benchYield, 2000000},
-	"spawn":    {benchSpawn, 1000000},
-	"skynet":   {benchSkynet, 1000000},
-	"parked":   {benchParked, 1000000},
-	"idle":     {benchIdle, 5},
-	"pingpong": {benchPingpong, 1000000},
-	"buffered": {benchBuffered, 4000000},
-	"select2":  {benchSelect2, 2000000},
-	"mutex":    {benchMutex, 4000000},
+	"yield":      {benchYield, 2000000},
+	"spawn":      {benchSpawn, 1000000},
+	"skynet":     {benchSkynet, 1000000},
+	"parked":     {benchParked, 1000000},
+	"idle":       {benchIdle, 5},
+	"pingpong":   {benchPingpong, 1000000},
+	"buffered":   {benchBuffered, 4000000},
+	"select2":    {benchSelect2, 2000000},
+	"mutex":      {benchMutex, 4000000},
+	"preemptlat": {benchPreemptlat, 200},
+	"timerlat":   {benchTimerlat, 500},
 }
 
-var caseOrder = []string{"yield", "spawn", "skynet", "parked", "idle", "pingpong", "buffered", "select2", "mutex"}
+var caseOrder = []string{"yield", "spawn", "skynet", "parked", "idle", "pingpong", "buffered", "select2", "mutex",
+	"preemptlat", "timerlat"}
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage: peer CASE PROCS [N]\ncases: %s\n", strings.Join(caseOrder, " "))
