@@ -507,6 +507,7 @@ TEST_P(Procs, TimersFireInOrder) {
   const clk::duration step = std::max<clk::duration>(tolerance(15ms), 3 * os_late);
   const int order[] = {4, 1, 3, 5, 2, 6};  // goroutine i sleeps order[i] * step
   std::vector<int> woke;
+  std::string late;  // the last attempt's overshoots, for the failure message
   for (int attempt = 0; attempt < kTimingAttempts; ++attempt) {
     woke.clear();
     std::vector<clk::duration> overshoot;
@@ -529,10 +530,15 @@ TEST_P(Procs, TimersFireInOrder) {
       }
       wg.wait();
     });
-    for (auto over : overshoot) EXPECT_GE(over.count(), 0) << "woke early";
+    late.clear();
+    for (std::size_t i = 0; i < overshoot.size(); ++i) {
+      EXPECT_GE(overshoot[i].count(), 0) << "woke early";
+      late += " " + std::to_string(woke[i]) + ":+" + std::to_string(ms(overshoot[i])) + "ms";
+    }
     if (std::is_sorted(woke.begin(), woke.end())) break;
   }
-  EXPECT_EQ(woke, (std::vector<int>{1, 2, 3, 4, 5, 6})) << "step " << ms(step) << " ms";
+  EXPECT_EQ(woke, (std::vector<int>{1, 2, 3, 4, 5, 6}))
+      << "step " << ms(step) << " ms; woke late by" << late;
 }
 
 // On an idle runtime the M waiting for the next timer sleeps until it and no
