@@ -240,14 +240,9 @@ std::size_t conn::write(std::span<const std::byte> buf, std::error_code& ec) noe
     ec = closed_error();
     return 0;
   }
-  ec.clear();
-  std::size_t done = 0;
-  while (done < buf.size()) {
-    std::size_t n = runtime::pd_write(pd_, buf.data() + done, buf.size() - done, ec);
-    if (ec) break;
-    done += n;
-  }
-  return done;
+  // One call: pd_write loops over partial writes itself, holding the write
+  // side (pd_ must not be read again: close() from another goroutine clears it).
+  return runtime::pd_write(pd_, buf.data(), buf.size(), ec);
 }
 
 std::size_t conn::write(std::span<const std::byte> buf) {

@@ -206,8 +206,15 @@ void drain_backlog(ring_state* r) {
 void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied);
 
 // Reads completions and readies their goroutines, in batches.
-int reap(ring_state* r) {
-  if (!r->cq_mu.try_lock()) return 0;  // someone else is reaping this ring
+// wait: take the completion lock even if someone holds it. The poller must:
+// it has consumed the eventfd's count, so a completion that the holder's last
+// peek missed would otherwise stay unreaped with nothing left to wake anyone.
+int reap(ring_state* r, bool wait = false) {
+  if (wait) {
+    r->cq_mu.lock();
+  } else if (!r->cq_mu.try_lock()) {
+    return 0;  // someone else is reaping this ring
+  }
   int readied = 0;
   io_uring_cqe* cqes[64];
   for (;;) {
@@ -620,7 +627,7 @@ int netpoll_block(std::int64_t timeout_ns) {
     while (read(g_efd, &v, sizeof v) < 0 && errno == EINTR) {
     }
     int n = 0;
-    for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get()) : 0;
+    for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get(), true) : 0;
     return n;
   }
   if (g_kind == netpoll_backend::epoll) {
@@ -705,7 +712,18 @@ void pd_close(poll_desc* pd) {
   ms_cancel(pd);
   for (int fd : pd->accepted) ::close(fd);
   pd->accepted.clear();
+  // Close the socket now, as Go's Close does, so that its address is free
+  // once close returns: waiting for the last reference could take until a
+  // multishot accept's final completion is reaped, or for ever if the run
+  // ends first. Safe: every operation checks `closing` under mu before it
+  // names the fd, and every request that names it is in the kernel by now
+  // (cancel_op and ms_cancel submit their rings), holding its own reference
+  // to the socket until its cancellation completes.
+  const int fd = pd->fd;
+  pd->fd = -1;
+  if (fd >= 0 && g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(fd);
   pd->mu.unlock();
+  if (fd >= 0) ::close(fd);
   if (r) goready(r, false);
   if (w) goready(w, false);
   if (del_timer(&pd->rt)) pd_unref(pd);
@@ -798,42 +816,65 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
   });
 }
 
+namespace {
+
+// One send's worth; pd->mu held on entry and exit.
+std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
+  if (g_kind == netpoll_backend::uring) {
+    uring_op op;
+    op.kind = op_kind::write;
+    op.buf = const_cast<void*>(buf);
+    op.n = n;
+    std::int32_t res = uring_run(pd, op, false, ec);
+    if (ec) return 0;
+    if (res < 0) {
+      ec = errno_code(-res);
+      return 0;
+    }
+    return static_cast<std::size_t>(res);
+  }
+  for (;;) {
+    if (pd->closing) {
+      ec = make_error_code(net_errc::closed);
+      return 0;
+    }
+    if (deadline_passed(pd->wd)) {
+      ec = std::make_error_code(std::errc::timed_out);
+      return 0;
+    }
+    ssize_t r = ::send(pd->fd, buf, n, MSG_NOSIGNAL);
+    if (r >= 0) return static_cast<std::size_t>(r);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      ec = errno_code(errno);
+      return 0;
+    }
+    pd->wready = false;
+    if (!epoll_wait_ready(pd, false, ec)) return 0;
+  }
+}
+
+}  // namespace
+
+// All of buf in one hold of the write side, as Go's Write: concurrent writers
+// do not interleave their partial writes, and the descriptor stays referenced
+// between them (a close from another goroutine between two partial writes
+// must not let it be recycled under the writer).
 std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
   ec.clear();
   return with_side(pd, false, [&]() -> std::size_t {
     std::lock_guard lock(pd->mu);
-    if (g_kind == netpoll_backend::uring) {
-      uring_op op;
-      op.kind = op_kind::write;
-      op.buf = const_cast<void*>(buf);
-      op.n = n;
-      std::int32_t res = uring_run(pd, op, false, ec);
-      if (ec) return 0;
-      if (res < 0) {
-        ec = errno_code(-res);
-        return 0;
+    std::size_t done = 0;
+    while (done < n) {
+      std::size_t k = write_locked(pd, static_cast<const char*>(buf) + done, n - done, ec);
+      if (ec) break;
+      if (k == 0) {  // no progress on a stream socket: not expected, but never spin
+        ec = std::make_error_code(std::errc::io_error);
+        break;
       }
-      return static_cast<std::size_t>(res);
+      done += k;
     }
-    for (;;) {
-      if (pd->closing) {
-        ec = make_error_code(net_errc::closed);
-        return 0;
-      }
-      if (deadline_passed(pd->wd)) {
-        ec = std::make_error_code(std::errc::timed_out);
-        return 0;
-      }
-      ssize_t r = ::send(pd->fd, buf, n, MSG_NOSIGNAL);
-      if (r >= 0) return static_cast<std::size_t>(r);
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        ec = errno_code(errno);
-        return 0;
-      }
-      pd->wready = false;
-      if (!epoll_wait_ready(pd, false, ec)) return 0;
-    }
+    return done;
   });
 }
 

@@ -73,13 +73,14 @@ struct poll_desc;
 // non-blocking for epoll and left blocking for io_uring.
 poll_desc* pd_open(int fd, std::error_code& ec);
 // Closes: wakes or cancels every waiter (they fail with net::errc closed) and
-// closes the fd once no operation uses it. Idempotent.
+// closes the fd before returning. Idempotent.
 void pd_close(poll_desc* pd);
 // Drops the owner's reference (after pd_close).
 void pd_release(poll_desc* pd);
 int pd_fd(poll_desc* pd);
 
-// One system call's worth, like read(2)/send(2): bytes moved, 0 at EOF.
+// pd_read: one system call's worth, like read(2): bytes moved, 0 at EOF.
+// pd_write: all of buf (fewer bytes only with ec set), as Go's Write.
 std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec);
 std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec);
 int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec);

@@ -260,13 +260,21 @@ static void newm(p* pp, bool spinning) {
   auto* mp = new m;
   mp->nextp = pp;
   mp->spinning = spinning;
-  {
-    std::lock_guard lock(sched->lock);
-    mp->id = sched->mcount++;
-    mp->alllink = sched->allm;
-    sched->allm = mp;
-    mp->fastrand = 0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(mp->id + 1);
+  // The check, the push on allm and the thread's start under one hold of
+  // the lock: shutdown joins the Ms on allm after setting `stopping` under
+  // it, and an M added later (a wakep from a completion reaped while the
+  // runtime stops) would be destroyed unjoined, or seen before it has a
+  // thread.
+  std::lock_guard lock(sched->lock);
+  if (sched->stopping.load(std::memory_order_relaxed)) {
+    delete mp;
+    if (pp) pidleput(pp);
+    return;
   }
+  mp->id = sched->mcount++;
+  mp->alllink = sched->allm;
+  sched->allm = mp;
+  mp->fastrand = 0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(mp->id + 1);
   sched->threads_created.fetch_add(1, std::memory_order_relaxed);
   try {
     mp->thread = std::thread(mstart, mp);
@@ -821,7 +829,14 @@ top:
       }
       // Every P is busy; they will run their own timers.
     } else {
+      // The poller may have read the timers before ours was added, when
+      // wake_netpoller found no poller to break (poll_until still 0): then
+      // it sleeps past our timer, for ever if it only waits for the network.
+      // Make it look again.
+      const bool later = until != 0 && sched->timer_waiter &&
+                         sched->poll_until.load(std::memory_order_relaxed) > until;
       sched->lock.unlock();
+      if (later) netpoll_break();
     }
   }
   stopm(mp);

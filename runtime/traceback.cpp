@@ -21,9 +21,12 @@
 #include <elfutils/libdwfl.h>
 #endif
 
+#include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -406,7 +409,34 @@ struct snapshot {
   std::uintptr_t lo = 0, hi = 0;
   std::vector<unsigned char> bytes;
   parked_regs regs;
+  int pipe_fds[2] = {-1, -1};  // for safe_read without process_vm_readv
+  ~snapshot() {
+    if (pipe_fds[0] >= 0) close(pipe_fds[0]);
+    if (pipe_fds[1] >= 0) close(pipe_fds[1]);
+  }
 };
+
+// process_vm_readv is missing under qemu-user (ENOSYS) and may be denied by
+// seccomp (EPERM); then a write of the word into a pipe, which fails with
+// EFAULT on a bad address instead of faulting, reads it as safely.
+std::atomic<bool> g_vm_readv_broken{false};
+
+bool safe_read(snapshot& s, std::uintptr_t addr, unw_word_t* val) {
+  if (!g_vm_readv_broken.load(std::memory_order_relaxed)) {
+    iovec local{val, sizeof(unw_word_t)};
+    iovec remote{reinterpret_cast<void*>(addr), sizeof(unw_word_t)};
+    ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    if (n == sizeof(unw_word_t)) return true;
+    if (n >= 0 || (errno != ENOSYS && errno != EPERM)) return false;  // a bad address
+    g_vm_readv_broken.store(true, std::memory_order_relaxed);
+  }
+  if (s.pipe_fds[0] < 0 && pipe2(s.pipe_fds, O_CLOEXEC | O_NONBLOCK) != 0) return false;
+  if (write(s.pipe_fds[1], reinterpret_cast<void*>(addr), sizeof(unw_word_t)) !=
+      static_cast<ssize_t>(sizeof(unw_word_t))) {
+    return false;
+  }
+  return read(s.pipe_fds[0], val, sizeof(unw_word_t)) == static_cast<ssize_t>(sizeof(unw_word_t));
+}
 
 int snap_access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t* val, int write, void* arg) {
   if (write) return -UNW_EINVAL;
@@ -415,12 +445,7 @@ int snap_access_mem(unw_addr_space_t, unw_word_t addr, unw_word_t* val, int writ
     std::memcpy(val, s->bytes.data() + (addr - s->lo), sizeof(unw_word_t));
     return 0;
   }
-  iovec local{val, sizeof(unw_word_t)};
-  iovec remote{reinterpret_cast<void*>(addr), sizeof(unw_word_t)};
-  if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != sizeof(unw_word_t)) {
-    return -UNW_EINVAL;
-  }
-  return 0;
+  return safe_read(*s, static_cast<std::uintptr_t>(addr), val) ? 0 : -UNW_EINVAL;
 }
 
 int snap_access_reg(unw_addr_space_t, unw_regnum_t reg, unw_word_t* val, int write, void* arg) {

@@ -41,6 +41,8 @@
 
 #include <gtest/gtest.h>
 
+#include "runtime/runtime2.hpp"
+#include "runtime/sched_internal.hpp"
 #include "runtime/trace.hpp"
 #include "urge/urge.hpp"
 
@@ -73,6 +75,22 @@ std::string dump_string() {
   std::string s(buf, len);
   std::free(buf);
   return s;
+}
+
+// Waits until at least n goroutines besides the caller are parked, and a
+// little more, so that they have left their stacks for the scheduler's.
+void wait_parked(int n) {
+  const auto deadline = clk::now() + (slow() ? 60s : 10s);
+  urge::runtime::g* self = urge::runtime::getg();
+  while (clk::now() < deadline) {
+    int parked = 0;
+    for (urge::runtime::g* gp = urge::runtime::allgs(); gp; gp = gp->alllink) {
+      if (gp != self && gp->status.load() == urge::runtime::gstatus::waiting) ++parked;
+    }
+    if (parked >= n) break;
+    urge::sleep(1ms);
+  }
+  urge::sleep(5ms);
 }
 
 // The dump's goroutine blocks (separated by blank lines).
@@ -343,6 +361,7 @@ TEST(Traceback, ParkedGoroutinesShowTheirFramesWaitReasonAndCreator) {
     urge::go(dbgtest::sleeping_fn, std::chrono::milliseconds(60'000));
     urge::go(dbgtest::spawner_fn, c2);
     // Wait until all of them are parked where we expect.
+    wait_parked(4);
     const auto deadline = clk::now() + (slow() ? 60s : 10s);
     for (;;) {
       dump = dump_string();
@@ -410,13 +429,13 @@ TEST(Traceback, FramesHaveFileAndLineWithDebugInfo) {
       dbgtest::parked_outer(c);
       wg.done();
     });
-    for (int i = 0; i < 1000; ++i) {
+    wait_parked(1);
+    const auto deadline = clk::now() + (slow() ? 60s : 10s);
+    do {
       dump = dump_string();
-      if (block_with(dump, "dbgtest::parked_outer").find("[chan receive]") != std::string::npos) {
-        break;
-      }
-      urge::sleep(1ms);
-    }
+    } while (block_with(dump, "dbgtest::parked_outer").find("[chan receive]") ==
+                 std::string::npos &&
+             clk::now() < deadline);
     c.send(1);
     wg.wait();
   });
@@ -477,15 +496,7 @@ TEST(Sigquit, DumpsEveryGoroutineAndExits2) {
           urge::chan<int> c;
           urge::go(dbgtest::parked_outer, c);
           urge::go(dbgtest::sleeping_fn, std::chrono::milliseconds(600'000));
-          for (int i = 0; i < 10'000; ++i) {
-            std::string d = dump_string();
-            if (block_with(d, "dbgtest::parked_outer").find("[chan receive]") !=
-                    std::string::npos &&
-                block_with(d, "dbgtest::sleeping_fn").find("[sleep]") != std::string::npos) {
-              break;
-            }
-            urge::sleep(1ms);
-          }
+          wait_parked(2);
           std::printf("ready\n");
           std::fflush(stdout);
           urge::chan<int> forever;
