@@ -402,7 +402,10 @@ void add_timer(timer* t) {
   preempt_off_scope no_preempt;
   m* mp = getm();
   p* pp = mp && mp->curp ? mp->curp : sched->allp[0];
-  if (pp->timers.add(t)) wake_netpoller(t->when);
+  // Read before adding: once t is in the heap another M may fire it, and a
+  // one-shot timer's callback may free it (urge::after's does).
+  const std::int64_t when = t->when;
+  if (pp->timers.add(t)) wake_netpoller(when);
 }
 
 bool del_timer(timer* t) { return timer_heap::del(t); }
