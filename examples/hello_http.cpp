@@ -35,7 +35,7 @@ namespace {
 
 constexpr std::size_t kMaxHeader = 8 * 1024;      // request line + headers
 constexpr std::size_t kMaxBody = 1 << 20;         // bodies are read and dropped
-constexpr std::size_t kBufSize = kMaxHeader + 4096;  // room for a header block and more
+constexpr std::size_t kBufSize = kMaxHeader + 4096;  // > kMaxHeader + 4: too_large is seen
 
 struct request {
   std::string_view method, target;
@@ -45,7 +45,7 @@ struct request {
   std::size_t content_length = 0;  // body bytes that follow
 };
 
-enum class parse_result { ok, incomplete, bad, unsupported };
+enum class parse_result { ok, incomplete, bad, too_large, unsupported };
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() &&
@@ -71,8 +71,9 @@ bool has_token(std::string_view value, std::string_view token) {
 
 // Parses one request head from the front of `in`.
 parse_result parse(std::string_view in, request& r) {
-  std::size_t end = in.find("\r\n\r\n");
+  std::size_t end = in.substr(0, kMaxHeader + 4).find("\r\n\r\n");
   if (end == std::string_view::npos) {
+    if (in.size() >= kMaxHeader + 4) return parse_result::too_large;
     // A request line that is already malformed need not wait for more.
     std::size_t eol = in.find("\r\n");
     if (eol == std::string_view::npos && in.size() > 16 && in.find(' ') == std::string_view::npos) {
@@ -80,6 +81,7 @@ parse_result parse(std::string_view in, request& r) {
     }
     return parse_result::incomplete;
   }
+  if (end + 4 > kMaxHeader) return parse_result::too_large;
   r = request{};
   r.header_len = end + 4;
   std::string_view head = in.substr(0, end + 2);  // every line ends in CRLF
@@ -219,12 +221,12 @@ void serve(urge::net::conn c) {
       request r;
       switch (parse(std::string_view(in.get() + pos, len - pos), r)) {
         case parse_result::incomplete:
-          if (len - pos >= kMaxHeader) {
-            respond(out, date, 431, "Request Header Fields Too Large",
-                    "431 request header fields too large\n", false, false);
-            close_after = true;
-          }
           need_more = true;
+          break;
+        case parse_result::too_large:
+          respond(out, date, 431, "Request Header Fields Too Large",
+                  "431 request header fields too large\n", false, false);
+          close_after = true;
           break;
         case parse_result::bad:
           respond(out, date, 400, "Bad Request", "400 bad request\n", false, false);
@@ -244,7 +246,7 @@ void serve(urge::net::conn c) {
     }
     // One write for everything answered from this read: pipelined requests
     // cost one system call (or one io_uring request) for all their responses.
-    if (!out.empty()) c.write(out, ec);
+    if (!out.empty()) c.write(std::as_bytes(std::span(out.data(), out.size())), ec);
     if (ec || close_after) return;
     std::memmove(in.get(), in.get() + pos, len - pos);
     len -= pos;

@@ -146,11 +146,23 @@ void sigurg_handler(int, siginfo_t*, void* ctx) {
   // Step 3: the goroutine asks to be resumed where it was interrupted.
   if (void* buf = mp->resume_ctx) {
     mp->resume_ctx = nullptr;
+#if URGE_ASAN
+    const std::uintptr_t park_sp = arch::context_sp(uc);
+#endif
     if (!arch::restore_interrupted(uc, buf)) {
       static const char msg[] = "fatal error: urge: cannot restore a preempted goroutine\n";
       (void)!write(2, msg, sizeof msg - 1);
       _exit(2);
     }
+#if URGE_ASAN
+    // The frames between here and the interrupted code (urge_preempt_park's,
+    // the trampoline's, the saved state) are abandoned, never returned from:
+    // their redzones would stay poisoned under the goroutine's stack pointer,
+    // and the next preemption's copy of its state would trip on them.
+    if (const std::uintptr_t sp = arch::context_sp(uc); park_sp < sp) {
+      __asan_unpoison_memory_region(reinterpret_cast<void*>(park_sp), sp - park_sp);
+    }
+#endif
     uc->uc_sigmask = mp->resume_mask;  // the thread's mask before the resume signal
     errno = saved_errno;
     return;

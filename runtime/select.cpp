@@ -32,9 +32,11 @@ namespace {
 
 // A per-thread xorshift64*. Not inlined: a thread_local's address must not be
 // cached across a context switch that may move the goroutine to another
-// thread (see getm in proc.cpp).
+// thread (see getm in proc.cpp). initial-exec: no __tls_get_addr call.
+thread_local std::uint64_t rand_state __attribute__((tls_model("initial-exec"))) = 0;
+
 __attribute__((noinline)) std::uint32_t cheaprand() {
-  static thread_local std::uint64_t state = 0;
+  std::uint64_t& state = rand_state;
   std::uint64_t x = state;
   if (x == 0) {
     x = static_cast<std::uint64_t>(platform::nanotime()) ^
@@ -130,7 +132,7 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
   std::size_t m = 0;
   for (std::size_t i = 0; i < n; ++i) {
     if (!cases[i].c) continue;
-    std::uint32_t j = cheaprandn(static_cast<std::uint32_t>(m + 1));
+    std::uint32_t j = m == 0 ? 0 : cheaprandn(static_cast<std::uint32_t>(m + 1));
     pollorder[m] = pollorder[j];
     pollorder[j] = static_cast<std::uint16_t>(i);
     ++m;

@@ -281,6 +281,19 @@ bool is_hidden_inline(const std::string& name) {
 
 }  // namespace
 
+// The local address space's accessors are filled in by libunwind's lazy
+// initialisation, which the first local unwind does: it must have happened
+// before we use or copy them (in a process that never unwound locally they
+// are null). Also for trace.cpp's symbol lookups.
+void unwinder_ready() {
+  static std::once_flag ready;
+  std::call_once(ready, [] {
+    unw_context_t uc;
+    unw_cursor_t c;
+    if (unw_getcontext(&uc) == 0) unw_init_local(&c, &uc);
+  });
+}
+
 // "void urge::detail::run_closure<std::tuple<worker(int)::{lambda()#1}, int> >(void*)"
 // -> "worker(int)::{lambda()#1}"; "urge::run<main::{lambda()#1}>(...)::{lambda(void*)#2}::
 // _FUN(void*)" -> "main::{lambda()#1}"; anything else unchanged.
@@ -511,18 +524,7 @@ bool read_parked_regs(g* gp, parked_regs& r) {
 }  // namespace
 
 namespace {
-// The local address space's accessors are filled in by libunwind's lazy
-// initialisation, which the first local unwind does: it must have happened
-// before we use or copy them (in a process that never unwound locally they
-// are null).
-void ensure_local_accessors() {
-  static std::once_flag ready;
-  std::call_once(ready, [] {
-    unw_context_t uc;
-    unw_cursor_t c;
-    if (unw_getcontext(&uc) == 0) unw_init_local(&c, &uc);
-  });
-}
+void ensure_local_accessors() { unwinder_ready(); }
 
 // Symbolizing needs more stack than a goroutine has: libdw's DWARF readers
 // and libunwind's cursors want tens of KiB, and a goroutine's default stack

@@ -186,7 +186,10 @@ TEST_P(Cancel, CancellingTheRootStopsAGoroutineTree) {
 // away meanwhile: nothing is freed early or twice (ASan watches).
 TEST_P(Cancel, RacesBetweenDeadlineCancelAndRelease) {
   run([] {
-    auto [root, cancel_root] = urge::with_cancel(context::background());
+    // Not a structured binding: lambdas capture root (clang 14 cannot capture those).
+    urge::cancel_pair rc = urge::with_cancel(context::background());
+    context& root = rc.ctx;
+    urge::cancel_func& cancel_root = rc.cancel;
     urge::wait_group wg;
     for (int g = 0; g < 4; ++g) {
       wg.add(1);

@@ -97,6 +97,13 @@ TEST_P(Select, DefaultRunsOnlyWhenNothingIsReady) {
     EXPECT_EQ(urge::select(on_recv(ch, [&](std::optional<int> v) { got = v; }), on_default([] {})),
               0u);
     EXPECT_EQ(got, 5);
+    // f may also take the optional by reference, or take nothing.
+    ch.send(6);
+    urge::select(on_recv(ch, [&](std::optional<int>& v) { got = v; }), on_default([] {}));
+    EXPECT_EQ(got, 6);
+    ch.send(7);
+    urge::select(on_recv(ch, [&](auto&& v) { got = v; }), on_default([] {}));
+    EXPECT_EQ(got, 7);
     // Default first in the argument list, and with several cases.
     chan<int> other;
     EXPECT_EQ(urge::select(on_default([] {}), on_recv(ch), on_recv(other)), 0u);
@@ -309,7 +316,7 @@ TEST_P(Select, WaitReasonIsSelect) {
 
 TEST_P(Select, Selector) {
   run([] {
-    constexpr int inputs = 10, per = 100;
+    constexpr int inputs = 20, per = 100;  // > 16 cases: the sorted lock order path
     std::vector<chan<int>> in;
     for (int i = 0; i < inputs; ++i) in.emplace_back(i % 2 ? 0 : 4);
     for (int i = 0; i < inputs; ++i) {

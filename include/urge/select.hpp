@@ -56,6 +56,8 @@ template <class T, class F>
 void call_recv(F& f, std::optional<T>&& v) {
   if constexpr (std::is_invocable_v<F&, std::optional<T>>) {
     f(std::move(v));
+  } else if constexpr (std::is_invocable_v<F&, std::optional<T>&>) {
+    f(v);  // f takes the optional by lvalue reference
   } else {
     static_assert(std::is_invocable_v<F&>,
                   "urge::on_recv: f must be callable with std::optional<T> or with nothing");
