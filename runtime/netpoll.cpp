@@ -73,6 +73,7 @@ struct ring_state {
 
 netpoll_backend g_kind = netpoll_backend::none;
 bool g_multishot_accept = false;
+std::atomic<int> g_ms_armed{0};  // multishot accepts still in the kernel
 std::vector<std::unique_ptr<ring_state>> g_rings;  // by P id
 int g_efd = -1;                                    // io_uring completions and breaks
 std::unique_ptr<platform::epoll_poller> g_epoll;
@@ -395,7 +396,10 @@ void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, in
     pd->accept_error = -res;  // reported to the next accept, which re-arms
   }
   const bool ended = !(flags & IORING_CQE_F_MORE);
-  if (ended) pd->ms_armed = false;
+  if (ended) {
+    pd->ms_armed = false;
+    g_ms_armed.fetch_sub(1, std::memory_order_relaxed);
+  }
   g* gp = pd->accept_waiter;
   pd->accept_waiter = nullptr;
   pd->mu.unlock();
@@ -420,6 +424,7 @@ void ms_arm(poll_desc* pd) {
   r->inflight.fetch_add(1, std::memory_order_relaxed);
   pd->ms_armed = true;
   pd->ms_ring = r;
+  g_ms_armed.fetch_add(1, std::memory_order_relaxed);
   pd_ref(pd);        // dropped by the final completion
   r->ring.submit();  // a listener wants its first connection at once
 }
@@ -556,7 +561,42 @@ void netpoll_init(const std::string& setting) {
   }
 }
 
+// At shutdown, a listener closed while its multishot accept was still in the
+// kernel keeps its socket open until the cancellation completes: wait for
+// those completions (briefly), so that the address is free when run()
+// returns. Other completions belong to abandoned goroutines: dropped.
+static void drain_multishot_accepts() {
+  const std::int64_t deadline = platform::nanotime() + 200'000'000;
+  while (g_ms_armed.load(std::memory_order_relaxed) > 0 && platform::nanotime() < deadline) {
+    for (auto& r : g_rings) {
+      flush(r.get());
+      io_uring_cqe* cqes[64];
+      unsigned n;
+      while ((n = r->ring.peek_batch(cqes, 64)) > 0) {
+        for (unsigned i = 0; i < n; ++i) {
+          auto data = reinterpret_cast<std::uintptr_t>(io_uring_cqe_get_data(cqes[i]));
+          if (!(data & ms_tag) || (cqes[i]->flags & IORING_CQE_F_MORE)) {
+            if ((data & ms_tag) && cqes[i]->res >= 0) ::close(cqes[i]->res);
+            continue;
+          }
+          auto* pd = reinterpret_cast<poll_desc*>(data & ~ms_tag);
+          if (cqes[i]->res >= 0) ::close(cqes[i]->res);
+          pd->ms_armed = false;
+          g_ms_armed.fetch_sub(1, std::memory_order_relaxed);
+          pd_unref(pd);
+        }
+        r->ring.advance(n);
+      }
+    }
+    pollfd pfd{g_efd, POLLIN, 0};
+    timespec ts{0, 1'000'000};
+    ppoll(&pfd, 1, &ts, nullptr);
+  }
+}
+
 void netpoll_shutdown() {
+  if (g_kind == netpoll_backend::uring) drain_multishot_accepts();
+  g_ms_armed.store(0, std::memory_order_relaxed);
   g_rings.clear();
   if (g_efd >= 0) ::close(g_efd);
   g_efd = -1;

@@ -97,8 +97,8 @@ static_assert(sizeof(record) == 32);
 constexpr std::size_t chunk_records = 2044;
 struct chunk {
   chunk* next = nullptr;
-  int owner = 0;           // the buffer: P id, or -1 for the global one
-  std::uint32_t seq = 0;   // its order among that buffer's chunks
+  int owner = 0;          // the buffer: P id, or -1 for the global one
+  std::uint32_t seq = 0;  // its order among that buffer's chunks
   std::size_t n = 0;
   record r[chunk_records];
 };
@@ -128,9 +128,9 @@ struct tracer {
   clock_pair start_pair;  // when events read the counter
   int gomaxprocs = 0;
   std::unique_ptr<buffer[]> per_p;
-  futex_mutex lock;       // guards full and global
-  chunk* full = nullptr;  // full chunks of every buffer
-  buffer global;          // events emitted without a P
+  futex_mutex lock;                       // guards full and global
+  chunk* full = nullptr;                  // full chunks of every buffer
+  buffer global;                          // events emitted without a P
   std::atomic<std::uint64_t> dropped{0};  // records lost to a failed allocation
 };
 
@@ -161,7 +161,8 @@ bool counter_is_usable() {
 #if defined(__x86_64__)
   // The kernel uses the TSC as its clock only when it is invariant and in
   // step across CPUs.
-  std::FILE* f = std::fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+  std::FILE* f =
+      std::fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
   if (!f) return false;
   char name[32] = {};
   bool tsc = std::fgets(name, sizeof name, f) && std::strncmp(name, "tsc", 3) == 0;
@@ -303,8 +304,12 @@ struct namer {
   }
 };
 
-void put_u32(std::string& out, std::uint32_t v) { out.append(reinterpret_cast<char*>(&v), 4); }
-void put_u64(std::string& out, std::uint64_t v) { out.append(reinterpret_cast<char*>(&v), 8); }
+void put_u32(std::string& out, std::uint32_t v) {
+  out.append(reinterpret_cast<char*>(&v), 4);
+}
+void put_u64(std::string& out, std::uint64_t v) {
+  out.append(reinterpret_cast<char*>(&v), 8);
+}
 
 }  // namespace
 

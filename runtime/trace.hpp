@@ -92,17 +92,17 @@ void trace_stop();
 
 }  // namespace urge::runtime
 
-#define URGE_TRACE_EVENT(name, a, b)                                                      \
-  do {                                                                                    \
-    URGE_USDT(name, a, b);                                                                \
-    if (__builtin_expect(::urge::runtime::trace_on, 0)) {                                 \
-      ::urge::runtime::trace_emit(::urge::runtime::trace_ev::name,                        \
-                                  static_cast<std::uint64_t>(a), static_cast<std::uint64_t>(b)); \
-    }                                                                                     \
+#define URGE_TRACE_EVENT(name, a, b)                                                              \
+  do {                                                                                            \
+    URGE_USDT(name, a, b);                                                                        \
+    if (__builtin_expect(::urge::runtime::trace_on, 0)) {                                         \
+      ::urge::runtime::trace_emit(::urge::runtime::trace_ev::name, static_cast<std::uint64_t>(a), \
+                                  static_cast<std::uint64_t>(b));                                 \
+    }                                                                                             \
   } while (0)
 
-#define URGE_TRACE_GO_CREATE(gp)                                                          \
-  do {                                                                                    \
-    URGE_USDT(go_create, (gp)->goid, (gp)->parent_goid);                                  \
+#define URGE_TRACE_GO_CREATE(gp)                                                              \
+  do {                                                                                        \
+    URGE_USDT(go_create, (gp)->goid, (gp)->parent_goid);                                      \
     if (__builtin_expect(::urge::runtime::trace_on, 0)) ::urge::runtime::trace_go_create(gp); \
   } while (0)

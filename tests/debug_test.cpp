@@ -14,6 +14,7 @@
 // frame disappears into a tail call.
 #include <fcntl.h>
 #include <poll.h>
+#include <regex.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -21,17 +22,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <dirent.h>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <dirent.h>
 #include <fstream>
 #include <functional>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -64,7 +64,9 @@ urge::config procs(int n) {
 
 // Keeps a call from being the last thing a function does (no tail call).
 std::atomic<int> g_after{0};
-void after_call() { g_after.fetch_add(1, std::memory_order_relaxed); }
+void after_call() {
+  g_after.fetch_add(1, std::memory_order_relaxed);
+}
 
 std::string dump_string() {
   char* buf = nullptr;
@@ -112,6 +114,26 @@ std::string block_with(const std::string& dump, const std::string& needle) {
     if (b.find(needle) != std::string::npos) return b;
   }
   return {};
+}
+
+// POSIX extended regular expressions (std::regex draws false
+// -Wmaybe-uninitialized warnings from GCC 12 under the sanitizers). A "\n"
+// in the pattern is a newline; with REG_NEWLINE, '^' also matches after one
+// and "[^\n]" never crosses one. Returns the first group in *group.
+bool re_search(const std::string& text, const char* pattern, std::string* group = nullptr) {
+  regex_t re;
+  if (regcomp(&re, pattern, REG_EXTENDED | REG_NEWLINE) != 0) {
+    ADD_FAILURE() << "bad pattern " << pattern;
+    return false;
+  }
+  regmatch_t m[2];
+  bool found = regexec(&re, text.c_str(), 2, m, 0) == 0;
+  if (found && group && m[1].rm_so >= 0) {
+    *group = text.substr(static_cast<std::size_t>(m[1].rm_so),
+                         static_cast<std::size_t>(m[1].rm_eo - m[1].rm_so));
+  }
+  regfree(&re);
+  return found;
 }
 
 // True if the strings occur in `text` in this order.
@@ -340,7 +362,7 @@ TEST(Traceback, RunningGoroutineShowsItsFramesInOrder) {
   });
   std::string b = block_with(dump, "dbgtest::running_inner");
   ASSERT_FALSE(b.empty()) << dump;
-  EXPECT_TRUE(std::regex_search(b, std::regex("^goroutine [0-9]+ \\[running\\]:\n"))) << b;
+  EXPECT_TRUE(re_search(b, "^goroutine [0-9]+ \\[running\\]:\n")) << b;
   EXPECT_TRUE(in_order(b, {"dbgtest::running_inner(", "dbgtest::running_outer(", "created by ",
                            " in goroutine 1\n"}));
   // The main goroutine, parked in wait_group::wait, is in the same dump.
@@ -380,22 +402,19 @@ TEST(Traceback, ParkedGoroutinesShowTheirFramesWaitReasonAndCreator) {
   });
   std::string parked = block_with(dump, "dbgtest::parked_outer");
   ASSERT_FALSE(parked.empty()) << dump;
-  EXPECT_TRUE(std::regex_search(parked, std::regex("^goroutine [0-9]+ \\[chan receive\\]:\n")))
-      << parked;
-  EXPECT_TRUE(in_order(parked, {"dbgtest::parked_inner(", "dbgtest::parked_outer(",
-                                "created by ", " in goroutine 1\n"}));
+  EXPECT_TRUE(re_search(parked, "^goroutine [0-9]+ \\[chan receive\\]:\n")) << parked;
+  EXPECT_TRUE(in_order(parked, {"dbgtest::parked_inner(", "dbgtest::parked_outer(", "created by ",
+                                " in goroutine 1\n"}));
   // Nothing of the runtime's own plumbing.
   EXPECT_EQ(parked.find("urge::runtime::"), std::string::npos) << parked;
   EXPECT_EQ(parked.find("goroutine_entry"), std::string::npos) << parked;
 
   std::string sleeping = block_with(dump, "dbgtest::sleeping_fn");
-  EXPECT_TRUE(std::regex_search(sleeping, std::regex("^goroutine [0-9]+ \\[sleep\\]:\n")))
-      << sleeping;
+  EXPECT_TRUE(re_search(sleeping, "^goroutine [0-9]+ \\[sleep\\]:\n")) << sleeping;
   // A function pointer passed to go() names the goroutine's entry itself.
   EXPECT_TRUE(in_order(sleeping, {"dbgtest::sleeping_fn(", "created by ", " in goroutine 1\n"}));
 
   // A goroutine created by a goroutine names that one as its creator.
-  std::smatch m;
   std::string spawner;
   for (const std::string& b : blocks(dump)) {
     if (b.find("\ndbgtest::spawner_fn(urge::chan<int>)\n") != std::string::npos &&
@@ -403,8 +422,8 @@ TEST(Traceback, ParkedGoroutinesShowTheirFramesWaitReasonAndCreator) {
       spawner = b;
     }
   }
-  ASSERT_TRUE(std::regex_search(spawner, m, std::regex("^goroutine ([0-9]+) "))) << dump;
-  std::string spawner_id = m[1];
+  std::string spawner_id;
+  ASSERT_TRUE(re_search(spawner, "^goroutine ([0-9]+) ", &spawner_id)) << dump;
   bool found_child = false;
   for (const std::string& b : blocks(dump)) {
     if (b.find("created by dbgtest::spawner_fn") != std::string::npos) {
@@ -440,12 +459,10 @@ TEST(Traceback, FramesHaveFileAndLineWithDebugInfo) {
     wg.wait();
   });
   std::string parked = block_with(dump, "dbgtest::parked_outer");
-  EXPECT_TRUE(std::regex_search(
-      parked, std::regex("dbgtest::parked_inner\\([^\n]*\n\t/[^\n]*debug_test\\.cpp:[0-9]+\n")))
+  EXPECT_TRUE(
+      re_search(parked, "dbgtest::parked_inner\\([^\n]*\n\t/[^\n]*debug_test\\.cpp:[0-9]+\n"))
       << parked;
-  EXPECT_TRUE(std::regex_search(
-      parked, std::regex("created by [^\n]*\n\t/[^\n]*debug_test\\.cpp:[0-9]+\n")))
-      << parked;
+  EXPECT_TRUE(re_search(parked, "created by [^\n]*\n\t/[^\n]*debug_test\\.cpp:[0-9]+\n")) << parked;
 #endif
 }
 
@@ -461,9 +478,9 @@ TEST(Panic, PrintsWhatTypeAndTheThrowingFunctionThenExits2) {
   });
   ASSERT_FALSE(r.timed_out) << r.err;
   EXPECT_TRUE(r.exited_with(2)) << "status " << r.status << "\n" << r.err;
-  EXPECT_TRUE(in_order(r.err, {"panic: kaboom from dbgtest\n",
-                               "[exception of type dbgtest::kaboom_error]\n"}));
-  EXPECT_TRUE(std::regex_search(r.err, std::regex("\ngoroutine [0-9]+ \\[running\\]:\n"))) << r.err;
+  EXPECT_TRUE(in_order(
+      r.err, {"panic: kaboom from dbgtest\n", "[exception of type dbgtest::kaboom_error]\n"}));
+  EXPECT_TRUE(re_search(r.err, "\ngoroutine [0-9]+ \\[running\\]:\n")) << r.err;
   // The traceback starts at the throw: the thrower, then its caller.
   EXPECT_TRUE(in_order(r.err, {"[running]:\ndbgtest::panic_thrower(", "dbgtest::panic_outer(",
                                "created by ", " in goroutine 1\n"}));
@@ -480,7 +497,8 @@ TEST(Panic, ANonStandardExceptionNamesItsType) {
   });
   ASSERT_FALSE(r.timed_out) << r.err;
   EXPECT_TRUE(r.exited_with(2)) << "status " << r.status << "\n" << r.err;
-  EXPECT_TRUE(in_order(r.err, {"panic: ", "[exception of type int]\n", "dbgtest::panic_int_thrower("}));
+  EXPECT_TRUE(
+      in_order(r.err, {"panic: ", "[exception of type int]\n", "dbgtest::panic_int_thrower("}));
 }
 
 TEST(Panic, TheMainGoroutinesExceptionStillReachesTheCaller) {
@@ -508,14 +526,13 @@ TEST(Sigquit, DumpsEveryGoroutineAndExits2) {
   ASSERT_FALSE(r.timed_out) << r.err;
   EXPECT_TRUE(r.exited_with(2)) << "status " << r.status << "\n" << r.err;
   EXPECT_EQ(r.err.rfind("SIGQUIT: quit\n", 0), 0u) << r.err;
-  EXPECT_TRUE(std::regex_search(r.err, std::regex("\ngoroutine 1 \\[[a-z ]+\\]:\n"))) << r.err;
+  EXPECT_TRUE(re_search(r.err, "\ngoroutine 1 \\[[a-z ]+\\]:\n")) << r.err;
   std::string parked = block_with(r.err, "dbgtest::parked_outer");
-  EXPECT_TRUE(std::regex_search(parked, std::regex("goroutine [0-9]+ \\[chan receive\\]:\n")))
-      << r.err;
-  EXPECT_TRUE(in_order(parked, {"dbgtest::parked_inner(", "dbgtest::parked_outer(",
-                                "created by ", " in goroutine 1\n"}));
+  EXPECT_TRUE(re_search(parked, "goroutine [0-9]+ \\[chan receive\\]:\n")) << r.err;
+  EXPECT_TRUE(in_order(parked, {"dbgtest::parked_inner(", "dbgtest::parked_outer(", "created by ",
+                                " in goroutine 1\n"}));
   std::string sleeping = block_with(r.err, "dbgtest::sleeping_fn");
-  EXPECT_TRUE(std::regex_search(sleeping, std::regex("goroutine [0-9]+ \\[sleep\\]:\n"))) << r.err;
+  EXPECT_TRUE(re_search(sleeping, "goroutine [0-9]+ \\[sleep\\]:\n")) << r.err;
 }
 
 // ---- The execution tracer -------------------------------------------------------
@@ -648,9 +665,9 @@ TEST(Trace, FileRoundTripAndUrgeTraceTool) {
     EXPECT_LT(e.p, 2);
     kinds.insert(e.ev);
   }
-  for (trace_ev ev : {trace_ev::go_create, trace_ev::go_start, trace_ev::go_block,
-                      trace_ev::go_unblock, trace_ev::go_end, trace_ev::syscall_enter,
-                      trace_ev::syscall_exit}) {
+  for (trace_ev ev :
+       {trace_ev::go_create, trace_ev::go_start, trace_ev::go_block, trace_ev::go_unblock,
+        trace_ev::go_end, trace_ev::syscall_enter, trace_ev::syscall_exit}) {
     EXPECT_TRUE(kinds.count(static_cast<int>(ev))) << "no event " << static_cast<int>(ev);
   }
   // Each goroutine's life in order: created, then started, blocked and
@@ -719,7 +736,8 @@ TEST(Trace, FileRoundTripAndUrgeTraceTool) {
 import json, sys
 d = json.load(open(sys.argv[1]))
 ev = d["traceEvents"]
-names = {(e["pid"], e["args"]["name"]) for e in ev if e.get("ph") == "M" and e["name"] == "thread_name"}
+names = {(e["pid"], e["args"]["name"]) for e in ev
+         if e.get("ph") == "M" and e["name"] == "thread_name"}
 assert (1, "P0") in names and (1, "P1") in names, names
 assert any(pid == 2 and n.startswith("M") for pid, n in names), names
 slices = [e for e in ev if e.get("ph") == "X" and e["pid"] == 1]
@@ -764,7 +782,8 @@ std::string gdb_unavailable() {
 #if URGE_TEST_CROSS
   return "cross build under qemu-user: gdb would debug qemu, not the program";
 #else
-  if (!std::getenv("URGE_DEBUG_HELPER")) return "URGE_DEBUG_HELPER not set (run through meson test)";
+  if (!std::getenv("URGE_DEBUG_HELPER"))
+    return "URGE_DEBUG_HELPER not set (run through meson test)";
   if (source_root().empty()) return "URGE_SOURCE_ROOT not set (run through meson test)";
   if (!have_program("gdb")) return "gdb not installed";
   return {};
@@ -787,17 +806,13 @@ std::vector<std::string> gdb_args(const std::vector<std::string>& target,
 // The debug_helper `park` goroutines: 2 on a channel, 3 asleep, 4 on a mutex,
 // 5 spinning (see tests/debug_helper.cpp).
 void expect_goroutine_listing(const std::string& out) {
-  EXPECT_TRUE(std::regex_search(out, std::regex("\n *2 +waiting +chan receive +debug_helper_park_recv")))
-      << out;
-  EXPECT_TRUE(std::regex_search(out, std::regex("\n *3 +waiting +sleep +debug_helper_park_sleep")))
-      << out;
-  EXPECT_TRUE(std::regex_search(
-      out, std::regex("\n *4 +waiting +sync.Mutex.Lock +debug_helper_park_mutex")))
-      << out;
+  EXPECT_TRUE(re_search(out, "\n *2 +waiting +chan receive +debug_helper_park_recv")) << out;
+  EXPECT_TRUE(re_search(out, "\n *3 +waiting +sleep +debug_helper_park_sleep")) << out;
+  EXPECT_TRUE(re_search(out, "\n *4 +waiting +sync.Mutex.Lock +debug_helper_park_mutex")) << out;
   // main waits on a channel too; 5 spins (running, or runnable just after
   // a preemption). '*' marks the goroutine of gdb's selected thread.
-  EXPECT_TRUE(std::regex_search(out, std::regex("\n[* ]*1 +waiting +chan receive "))) << out;
-  EXPECT_TRUE(std::regex_search(out, std::regex("\n[* ]*5 +(running|runnable)"))) << out;
+  EXPECT_TRUE(re_search(out, "\n[* ]*1 +waiting +chan receive ")) << out;
+  EXPECT_TRUE(re_search(out, "\n[* ]*5 +(running|runnable)")) << out;
 }
 
 void expect_parked_backtrace(const std::string& out) {
@@ -811,16 +826,16 @@ TEST(Gdb, InfoGoroutinesAndBacktraceOnALiveProcess) {
   if (std::string why = gdb_unavailable(); !why.empty()) GTEST_SKIP() << why;
   std::string helper = std::getenv("URGE_DEBUG_HELPER");
   child_result gdb_run;
-  child_result r = run_program(
-      {helper, "park"}, "ready", [&](pid_t pid) {
-        gdb_run = run_program(gdb_args({"-p", std::to_string(pid)},
-                                       {"info goroutines", "goroutine 2 bt", "echo ==g5==\\n",
-                                        "goroutine 5 bt"}));
-        kill(pid, SIGKILL);
-      });
+  child_result r = run_program({helper, "park"}, "ready", [&](pid_t pid) {
+    gdb_run =
+        run_program(gdb_args({"-p", std::to_string(pid)}, {"info goroutines", "goroutine 2 bt",
+                                                           "echo ==g5==\\n", "goroutine 5 bt"}));
+    kill(pid, SIGKILL);
+  });
   ASSERT_FALSE(r.timed_out);
   const std::string& out = gdb_run.out;
-  if (out.find("ptrace") != std::string::npos && out.find("Operation not permitted") != std::string::npos) {
+  if (out.find("ptrace") != std::string::npos &&
+      out.find("Operation not permitted") != std::string::npos) {
     GTEST_SKIP() << "ptrace not permitted here: " << out;
   }
   if (gdb_run.err.find("ptrace") != std::string::npos ||

@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cfenv>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -65,9 +66,6 @@ bool slow() {
 // A time limit: `native`, or ten times it under URGE_TEST_SLOW.
 clk::duration tolerance(clk::duration native) { return slow() ? native * 10 : native; }
 
-// An amount of work: `native`, or a tenth of it under URGE_TEST_SLOW (ASan
-// and qemu-user are 3 to 50 times slower; a tenth still spans many quanta).
-long work(long native) { return slow() ? std::max(1L, native / 10) : native; }
 
 urge::config preempt_config(int procs, std::chrono::nanoseconds quantum = 1ms) {
   urge::config c;
@@ -91,9 +89,40 @@ __attribute__((always_inline)) inline std::uint64_t burn(std::uint64_t x, long s
   return x;
 }
 
+// Workloads are sized by time, not by count: natively, under ASan and under
+// qemu-user (3 to 50 times slower, unevenly) they then span as many quanta.
+
+// Iterations of f (f(n) runs n of them) that take about `target`, measured
+// on the calling thread: f(probe) first, grown until it takes a millisecond.
+template <class F>
+long calibrate(clk::duration target, long probe, F&& f) {
+  for (;;) {
+    const clk::time_point t0 = clk::now();
+    f(probe);
+    const clk::duration took = clk::now() - t0;
+    if (took >= 1ms || probe > (1L << 40)) {
+      return std::max(1L, static_cast<long>(static_cast<double>(probe) * ms(target) / ms(took)));
+    }
+    probe *= 4;
+  }
+}
+
 // Keeps x alive without using it: the work that produced it cannot be
 // optimised away.
 __attribute__((always_inline)) inline void keep(std::uint64_t x) { asm volatile("" : : "r"(x)); }
+
+// Steps of burn() in a microsecond on this machine, measured once (call it
+// before urge::run: its first call takes a few milliseconds).
+double burn_steps_per_us() {
+  static const double steps = [] {
+    const long n = calibrate(5ms, 1'000, [](long k) { keep(burn(1, k)); });
+    return std::max(1.0, static_cast<double>(n) / 5'000.0);
+  }();
+  return steps;
+}
+
+// Steps of burn() that take about `us` microseconds.
+long burn_steps(double us) { return std::max(1L, std::lround(us * burn_steps_per_us())); }
 
 // Spins until flag is set: a relaxed load and an increment, no call.
 __attribute__((always_inline)) inline std::uint64_t spin_until_set(const std::atomic<bool>& flag) {
@@ -512,27 +541,20 @@ void set_fp_env(const fp_env& env) {
 struct fp_kernel {
   const char* name;
   kernel_fn fn;
-  long iters;  // about 8 ms natively
   bool available;
 };
 
 std::vector<fp_kernel> fp_kernels() {
   std::vector<fp_kernel> k = {
-      {"double", k_double, 250'000, true},
-      {"float", k_float, 250'000, true},
-      {"long double", k_long_double, 150'000, true},
-      {"subnormal", k_subnormal, 400'000, true},
-      {"v2d", k_v2d, 200'000, true},
-      {"v4f", k_v4f, 200'000, true},
-      {"v4d", k_v4d, 200'000, true},
-      {"v8d", k_v8d, 200'000, true},
-      {"memmove", k_memmove, 60'000, true},
+      {"double", k_double, true},   {"float", k_float, true}, {"long double", k_long_double, true},
+      {"subnormal", k_subnormal, true}, {"v2d", k_v2d, true},   {"v4f", k_v4f, true},
+      {"v4d", k_v4d, true},         {"v8d", k_v8d, true},     {"memmove", k_memmove, true},
   };
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  k.push_back({"v4d avx", k_v4d_avx, 200'000, __builtin_cpu_supports("avx") != 0});
-  k.push_back({"v8f avx", k_v8f_avx, 200'000, __builtin_cpu_supports("avx") != 0});
-  k.push_back({"v8d avx512f", k_v8d_avx512, 150'000, __builtin_cpu_supports("avx512f") != 0});
+  k.push_back({"v4d avx", k_v4d_avx, __builtin_cpu_supports("avx") != 0});
+  k.push_back({"v8f avx", k_v8f_avx, __builtin_cpu_supports("avx") != 0});
+  k.push_back({"v8d avx512f", k_v8d_avx512, __builtin_cpu_supports("avx512f") != 0});
 #endif
   return k;
 }
@@ -560,9 +582,14 @@ TEST_P(Procs, RegistersAndFpEnvironmentSurvivePreemption) {
   int e = 0;
   for (const fp_kernel& k : kernels) {
     if (!k.available) continue;
+    // About 8 ms a job: ~300 ms for all, hundreds of quanta.
+    const long iters = calibrate(8ms, 100, [&](long n) {
+      fp_out o;
+      k.fn(1, n, o);
+    });
     for (int j = 0; j < kJobsPerKernel; ++j, ++e) {
-      jobs.push_back({&k, kEnvs[e % std::size(kEnvs)],
-                      static_cast<std::uint64_t>(1000 * e + 17), work(k.iters)});
+      jobs.push_back({&k, kEnvs[e % std::size(kEnvs)], static_cast<std::uint64_t>(1000 * e + 17),
+                      iters});
     }
   }
   // The reference: every job on a plain thread, one after the other, each
@@ -609,9 +636,9 @@ TEST_P(Procs, RegistersAndFpEnvironmentSurvivePreemption) {
         << std::hex << got[i].control << " vs 0x" << want[i].control;
   }
   RecordProperty("preempts_taken", std::to_string(preempts));
-  // Natively the jobs take ~300 ms under a 1 ms quantum: dozens of
-  // preemptions at least, however the two Ps share them.
-  EXPECT_GT(preempts, slow() ? 0u : 20u) << "reference run: " << reference_ms << " ms";
+  // The jobs take ~300 ms under a 1 ms quantum: dozens of preemptions at
+  // least, however the two Ps share them.
+  EXPECT_GT(preempts, 20u) << "reference run: " << reference_ms << " ms";
 }
 
 // ---- The allocator --------------------------------------------------------------
@@ -673,7 +700,8 @@ std::uint64_t allocation_storm(std::uint64_t seed, long rounds) {
 
 TEST_P(Procs, AllocationStormsGiveExactResults) {
   constexpr int kGoroutines = 6;
-  const long rounds = work(12'000);
+  // About 40 ms a goroutine.
+  const long rounds = calibrate(40ms, 100, [](long n) { keep(allocation_storm(99, n)); });
   std::vector<std::uint64_t> want(kGoroutines), got(kGoroutines);
   std::thread([&] {
     for (int i = 0; i < kGoroutines; ++i) want[i] = allocation_storm(i + 1, rounds);
@@ -705,7 +733,8 @@ TEST_P(Procs, AllocationStormsGiveExactResults) {
 // defer, and the deferred request fire at the unlock.
 TEST_P(Procs, StdMutexContentionIsExactAndNeverDeadlocks) {
   constexpr int kGoroutines = 6, kCells = 16;
-  const long iters = work(400);
+  constexpr long iters = 400;  // ~18 ms of work a goroutine
+  const long outside = burn_steps(4), inside = burn_steps(40.0 / kCells);
   std::mutex mu;
   std::int64_t counter = 0;
   std::int64_t cells[kCells] = {};
@@ -719,13 +748,13 @@ TEST_P(Procs, StdMutexContentionIsExactAndNeverDeadlocks) {
       urge::go([&, g] {
         std::uint64_t x = static_cast<std::uint64_t>(g) + 1;
         for (long i = 0; i < iters; ++i) {
-          x = burn(x, 2'000);  // outside: ~4 us
+          x = burn(x, outside);  // ~4 us
           std::lock_guard lock(mu);
           // Inside: ~40 us of work on shared state that only the lock
           // protects; most signals land here.
           const std::int64_t c = counter;
           for (int k = 0; k < kCells; ++k) {
-            x = burn(x, 1'250);
+            x = burn(x, inside);
             cells[k] += 1;
           }
           checksum += x & 0xff;
@@ -754,7 +783,7 @@ std::atomic<int> g_static_inits[2][16];
 
 int slow_initial_value(int tag, int n) {
   g_static_inits[tag][n].fetch_add(1);
-  const clk::duration spin = slow() ? 200us : 2ms;
+  const clk::duration spin = 2ms;
   const clk::time_point t0 = clk::now();
   std::uint64_t x = static_cast<std::uint64_t>(n) + 1;
   while (clk::now() - t0 < spin) x = burn(x, 500);
@@ -781,6 +810,7 @@ TEST_P(Procs, SlowStaticInitialisersRunOnceWithoutDeadlock) {
   static constexpr auto statics1 = slow_statics<1>(std::make_index_sequence<kStatics>());
   const auto& statics = tag == 0 ? statics0 : statics1;
   std::atomic<int> sums[kGoroutines] = {};
+  const long between = burn_steps(1'000);  // 1 ms of work before each static
   std::uint64_t preempts = 0;
   urge::run(preempt_config(procs), [&] {
     const std::uint64_t before = taken();
@@ -793,7 +823,7 @@ TEST_P(Procs, SlowStaticInitialisersRunOnceWithoutDeadlock) {
         // Every goroutine visits every static, each from its own starting
         // point, with some work in between so that they overlap.
         for (int k = 0; k < kStatics; ++k) {
-          x = burn(x, 20'000);
+          x = burn(x, between);
           sum += statics[static_cast<std::size_t>((k + g * kStatics / kGoroutines) % kStatics)]();
         }
         keep(x);
@@ -850,8 +880,8 @@ __attribute__((noinline)) void throw_tagged(int owner, long seq, std::uint64_t* 
 // uncaught_exceptions() must find their own.
 TEST_P(Procs, ExceptionsThrownAndCaughtInLoops) {
   constexpr int kGoroutines = 4;
-  const long iters = work(1'500);
-  constexpr long kSteps = 10'000;  // ~20 us of work per catch block
+  constexpr long iters = 1'500;
+  const long kSteps = burn_steps(20);  // ~20 us of work per catch block
   std::atomic<long> caught{0}, rethrown{0}, bad_caught{0}, bad_rethrown{0}, bad_uncaught{0};
   std::mutex mu;
   std::uint64_t preempts = 0;
@@ -925,7 +955,8 @@ TEST_P(Procs, ErrnoSurvivesPreemption) {
   };
   g_devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   ASSERT_GE(g_devnull, 0);
-  const long iters = work(4'000);
+  const long iters = slow() ? 1'000 : 4'000;  // system calls are slow under qemu-user
+  const long steps = burn_steps(5);
   std::atomic<long> bad{0}, done{0};
   std::uint64_t preempts = 0;
   urge::run(preempt_config(GetParam()), [&] {
@@ -942,7 +973,7 @@ TEST_P(Procs, ErrnoSurvivesPreemption) {
           errno = 0;
           const int rc = c.call();
           const int first = errno;
-          x = burn(x, 2'500 + g * 100);  // ~5 us
+          x = burn(x, steps + g * 50);  // ~5 us
           const int second = errno;
           if (rc != -1 || first != expect || second != expect) ++mine_bad;
         }
@@ -984,7 +1015,18 @@ __attribute__((noinline)) std::atomic<std::int64_t>* tls_atomic_addr() {
 // exactly one thread's counters.
 TEST_P(Procs, ThreadLocalsStayTheThreadsAcrossPreemption) {
   constexpr int kGoroutines = 6, kRounds = 8;
-  const long per_round = work(60'000);
+  // About 5 ms a round; a step is two locked increments and a little work.
+  const long per_round = calibrate(5ms, 1'000, [](long n) {
+    std::int64_t c = 0;
+    std::atomic<std::int64_t> a{0};
+    std::uint64_t x = 1;
+    for (long i = 0; i < n; ++i) {
+      std::atomic_ref<std::int64_t>(c).fetch_add(1, std::memory_order_relaxed);
+      a.fetch_add(1, std::memory_order_relaxed);
+      x = burn(x, 8);
+    }
+    keep(x);
+  });
   std::atomic<long> moved{0}, local_total{0};
   std::set<std::int64_t*> counters;
   std::set<std::atomic<std::int64_t>*> atomics;

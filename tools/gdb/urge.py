@@ -323,7 +323,8 @@ class _GoroutineUnwinder(Unwinder):
         pc = pending_frame.read_register(f["pc"])
         info = pending_frame.create_unwind_info(_FrameId(sp, pc))
         for reg, value in self.regs.items():
-            info.add_saved_register(reg, gdb.Value(value).cast(pending_frame.read_register(reg).type))
+            reg_type = pending_frame.read_register(reg).type
+            info.add_saved_register(reg, gdb.Value(value).cast(reg_type))
         return info
 
 
@@ -358,7 +359,8 @@ def _run_in_goroutine(g, cmd):
     if g.running():
         t = _thread_for_tid(g.tid()) if g.tid() else None
         if t is None:
-            raise gdb.GdbError("goroutine %d is %s but its thread is not known" % (g.goid, g.status))
+            raise gdb.GdbError("goroutine %d is %s but its thread is not known"
+                               % (g.goid, g.status))
         prev = gdb.selected_thread()
         t.switch()
         try:
