@@ -143,9 +143,8 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::printf("# async_preempt=%s quantum=%sms procs=%d goroutines=%zu checksum=%016llx\n",
-              argv[1], argv[2], procs, results.size(),
-              static_cast<unsigned long long>(results[0]));
+  std::printf("# async_preempt=%s quantum=%sms procs=%d goroutines=%zu checksum=%016llx\n", argv[1],
+              argv[2], procs, results.size(), static_cast<unsigned long long>(results[0]));
   std::printf("RESULT overhead %d wall_ns %.6g ns\n", procs, wall);
   std::printf("RESULT overhead %d cpu_ns %.6g ns\n", procs, cpu);
   std::printf("RESULT overhead %d preempts_taken %llu count\n", procs,

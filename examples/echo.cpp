@@ -46,7 +46,8 @@ bool temporary(const std::error_code& ec) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 2 || (argc == 2 && (std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help"))) {
+  if (argc > 2 ||
+      (argc == 2 && (std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help"))) {
     std::fprintf(stderr, "usage: echo [ADDR]   (default 127.0.0.1:7000)\n");
     return 2;
   }

@@ -33,8 +33,8 @@
 
 namespace {
 
-constexpr std::size_t kMaxHeader = 8 * 1024;      // request line + headers
-constexpr std::size_t kMaxBody = 1 << 20;         // bodies are read and dropped
+constexpr std::size_t kMaxHeader = 8 * 1024;         // request line + headers
+constexpr std::size_t kMaxBody = 1 << 20;            // bodies are read and dropped
 constexpr std::size_t kBufSize = kMaxHeader + 4096;  // > kMaxHeader + 4: too_large is seen
 
 struct request {
@@ -48,8 +48,7 @@ struct request {
 enum class parse_result { ok, incomplete, bad, too_large, unsupported };
 
 bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
            return std::tolower(static_cast<unsigned char>(x)) ==
                   std::tolower(static_cast<unsigned char>(y));
          });
@@ -119,7 +118,8 @@ parse_result parse(std::string_view in, request& r) {
     std::string_view name = line.substr(0, colon);
     std::string_view value = line.substr(colon + 1);
     if (name.find_first_of(" \t") != std::string_view::npos) return parse_result::bad;
-    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+      value.remove_prefix(1);
     while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
     if (iequals(name, "connection")) {
       if (has_token(value, "close")) r.keep_alive = false;
@@ -262,7 +262,8 @@ bool temporary(const std::error_code& ec) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 2 || (argc == 2 && (std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help"))) {
+  if (argc > 2 ||
+      (argc == 2 && (std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help"))) {
     std::fprintf(stderr, "usage: hello_http [ADDR]   (default 127.0.0.1:8080)\n");
     return 2;
   }

@@ -51,7 +51,6 @@
 #include <mutex>
 #include <new>
 #include <string>
-#include <string_view>
 #include <unordered_map>
 #include <vector>
 

@@ -27,8 +27,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cfenv>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -64,8 +64,9 @@ bool slow() {
 }
 
 // A time limit: `native`, or ten times it under URGE_TEST_SLOW.
-clk::duration tolerance(clk::duration native) { return slow() ? native * 10 : native; }
-
+clk::duration tolerance(clk::duration native) {
+  return slow() ? native * 10 : native;
+}
 
 urge::config preempt_config(int procs, std::chrono::nanoseconds quantum = 1ms) {
   urge::config c;
@@ -74,9 +75,13 @@ urge::config preempt_config(int procs, std::chrono::nanoseconds quantum = 1ms) {
   return c;
 }
 
-double ms(clk::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double ms(clk::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
-std::uint64_t taken() { return urge::stats().preempts_taken; }
+std::uint64_t taken() {
+  return urge::stats().preempts_taken;
+}
 
 // xorshift64: plain arithmetic on a local, no call, no memory access. The
 // unit of "work" of this file: about 2 ns a step natively.
@@ -109,7 +114,9 @@ long calibrate(clk::duration target, long probe, F&& f) {
 
 // Keeps x alive without using it: the work that produced it cannot be
 // optimised away.
-__attribute__((always_inline)) inline void keep(std::uint64_t x) { asm volatile("" : : "r"(x)); }
+__attribute__((always_inline)) inline void keep(std::uint64_t x) {
+  asm volatile("" : : "r"(x));
+}
 
 // Steps of burn() in a microsecond on this machine, measured once (call it
 // before urge::run: its first call takes a few milliseconds).
@@ -122,7 +129,9 @@ double burn_steps_per_us() {
 }
 
 // Steps of burn() that take about `us` microseconds.
-long burn_steps(double us) { return std::max(1L, std::lround(us * burn_steps_per_us())); }
+long burn_steps(double us) {
+  return std::max(1L, std::lround(us * burn_steps_per_us()));
+}
 
 // Spins until flag is set: a relaxed load and an increment, no call.
 __attribute__((always_inline)) inline std::uint64_t spin_until_set(const std::atomic<bool>& flag) {
@@ -221,7 +230,8 @@ TEST(Preempt, NoCallLoopInMainLetsOthersRun) {
   });
 }
 
-// One hog per P, each in a loop without calls; main and a few workers must
+// Two hogs per P, each in a loop without calls (so that one of them is
+// always waiting, stopped, while the other runs); main and a few workers must
 // still get through sleeps and yields.
 TEST_P(Procs, NoCallLoopInAGoroutineLetsOthersRun) {
   const int procs = GetParam();
@@ -230,7 +240,7 @@ TEST_P(Procs, NoCallLoopInAGoroutineLetsOthersRun) {
     std::atomic<bool> stop{false};
     std::atomic<std::uint64_t> hog_spins{0};
     urge::wait_group hogs;
-    for (int i = 0; i < procs; ++i) {
+    for (int i = 0; i < 2 * procs; ++i) {
       hogs.add(1);
       urge::go([&] {
         hog_spins.fetch_add(spin_until_set(stop));
@@ -346,8 +356,8 @@ TEST_P(OffSwitch, DecidesWhetherANoCallLoopHoldsTheP) {
 
 struct fp_out {
   unsigned char state[256] = {};
-  int excepts = 0;              // fetestexcept(FE_ALL_EXCEPT) after the kernel
-  std::uint64_t control = 0;    // the FP control register(s) after the kernel
+  int excepts = 0;            // fetestexcept(FE_ALL_EXCEPT) after the kernel
+  std::uint64_t control = 0;  // the FP control register(s) after the kernel
 
   bool operator==(const fp_out& o) const {
     return std::memcmp(state, o.state, sizeof state) == 0 && excepts == o.excepts &&
@@ -451,15 +461,49 @@ typedef double v4d __attribute__((vector_size(32)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 
-void k_double(std::uint64_t s, long n, fp_out& o) { scalar_logistic<double, 8>(s, n, o); }
-void k_float(std::uint64_t s, long n, fp_out& o) { scalar_logistic<float, 8>(s, n, o); }
-void k_long_double(std::uint64_t s, long n, fp_out& o) { scalar_logistic<long double, 4>(s, n, o); }
-void k_subnormal(std::uint64_t s, long n, fp_out& o) { scalar_subnormal<double, 8>(s, n, o); }
-void k_v2d(std::uint64_t s, long n, fp_out& o) { vector_logistic<v2d, 4>(s, n, o); }
-void k_v4f(std::uint64_t s, long n, fp_out& o) { vector_logistic<v4f, 4>(s, n, o); }
+void k_double(std::uint64_t s, long n, fp_out& o) {
+  scalar_logistic<double, 8>(s, n, o);
+}
+void k_float(std::uint64_t s, long n, fp_out& o) {
+  scalar_logistic<float, 8>(s, n, o);
+}
+void k_long_double(std::uint64_t s, long n, fp_out& o) {
+  scalar_logistic<long double, 4>(s, n, o);
+}
+void k_subnormal(std::uint64_t s, long n, fp_out& o) {
+  scalar_subnormal<double, 8>(s, n, o);
+}
+// Three lanes in plain locals: with their factors they fill six of the eight
+// x87 registers for the whole loop, so a goroutine stopped here leaves a
+// nearly full register stack to whoever runs next on its thread.
+void k_x87_registers(std::uint64_t seed, long iters, fp_out& out) {
+  using T = long double;
+  T x0 = seeded<T>(seed, 0, T(0.1), T(0.8)), x1 = seeded<T>(seed, 1, T(0.1), T(0.8)),
+    x2 = seeded<T>(seed, 2, T(0.1), T(0.8));
+  const T r0 = seeded<T>(seed, 3, T(3.9), T(0.09)), r1 = seeded<T>(seed, 4, T(3.9), T(0.09)),
+          r2 = seeded<T>(seed, 5, T(3.9), T(0.09));
+  for (long i = 0; i < iters; ++i) {
+    x0 = r0 * x0 * (T(1) - x0);
+    x1 = r1 * x1 * (T(1) - x1);
+    x2 = r2 * x2 * (T(1) - x2);
+  }
+  const T x[3] = {x0, x1, x2};
+  std::size_t pos = 0;
+  put_values(out, pos, x);
+}
+void k_v2d(std::uint64_t s, long n, fp_out& o) {
+  vector_logistic<v2d, 4>(s, n, o);
+}
+void k_v4f(std::uint64_t s, long n, fp_out& o) {
+  vector_logistic<v4f, 4>(s, n, o);
+}
 // 32 and 64 bytes in the baseline ISA: pairs (quads) of 16-byte registers.
-void k_v4d(std::uint64_t s, long n, fp_out& o) { vector_logistic<v4d, 2>(s, n, o); }
-void k_v8d(std::uint64_t s, long n, fp_out& o) { vector_logistic<v8d, 1>(s, n, o); }
+void k_v4d(std::uint64_t s, long n, fp_out& o) {
+  vector_logistic<v4d, 2>(s, n, o);
+}
+void k_v8d(std::uint64_t s, long n, fp_out& o) {
+  vector_logistic<v8d, 1>(s, n, o);
+}
 #if defined(__x86_64__)
 // The same with the upper halves of ymm and all of zmm (and AVX-512's extra
 // registers) live: the kernel's XSAVE state must carry them.
@@ -504,8 +548,8 @@ struct fp_env {
   bool ftz;  // flush-to-zero and denormals-are-zero (x86-64) / FPCR.FZ (AArch64)
 };
 constexpr fp_env kEnvs[] = {
-    {FE_TONEAREST, false}, {FE_UPWARD, false},  {FE_DOWNWARD, false}, {FE_TOWARDZERO, false},
-    {FE_TONEAREST, true},  {FE_UPWARD, true},   {FE_DOWNWARD, true},  {FE_TOWARDZERO, true},
+    {FE_TONEAREST, false}, {FE_UPWARD, false}, {FE_DOWNWARD, false}, {FE_TOWARDZERO, false},
+    {FE_TONEAREST, true},  {FE_UPWARD, true},  {FE_DOWNWARD, true},  {FE_TOWARDZERO, true},
 };
 
 std::uint64_t fp_control() {
@@ -546,9 +590,16 @@ struct fp_kernel {
 
 std::vector<fp_kernel> fp_kernels() {
   std::vector<fp_kernel> k = {
-      {"double", k_double, true},   {"float", k_float, true}, {"long double", k_long_double, true},
-      {"subnormal", k_subnormal, true}, {"v2d", k_v2d, true},   {"v4f", k_v4f, true},
-      {"v4d", k_v4d, true},         {"v8d", k_v8d, true},     {"memmove", k_memmove, true},
+      {"double", k_double, true},
+      {"float", k_float, true},
+      {"long double", k_long_double, true},
+      {"x87 registers", k_x87_registers, true},
+      {"subnormal", k_subnormal, true},
+      {"v2d", k_v2d, true},
+      {"v4f", k_v4f, true},
+      {"v4d", k_v4d, true},
+      {"v8d", k_v8d, true},
+      {"memmove", k_memmove, true},
   };
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -587,9 +638,13 @@ TEST_P(Procs, RegistersAndFpEnvironmentSurvivePreemption) {
       fp_out o;
       k.fn(1, n, o);
     });
-    for (int j = 0; j < kJobsPerKernel; ++j, ++e) {
-      jobs.push_back({&k, kEnvs[e % std::size(kEnvs)], static_cast<std::uint64_t>(1000 * e + 17),
-                      iters});
+    // Eight of the x87 ones, one after the other: a thread's x87 register
+    // stack is shared by whatever runs on it, so goroutines stopped in the
+    // middle of long double arithmetic need others doing the same around.
+    const int n = k.fn == k_x87_registers ? 8 : kJobsPerKernel;
+    for (int j = 0; j < n; ++j, ++e) {
+      jobs.push_back(
+          {&k, kEnvs[e % std::size(kEnvs)], static_cast<std::uint64_t>(1000 * e + 17), iters});
     }
   }
   // The reference: every job on a plain thread, one after the other, each
@@ -689,7 +744,8 @@ std::uint64_t allocation_storm(std::uint64_t seed, long rounds) {
         raw_size[s] = 1 + (r >> 16) % 65536;  // large ones go to mmap
         raw[s] = std::malloc(raw_size[s]);
         auto* p = static_cast<unsigned char*>(raw[s]);
-        for (std::size_t j = 0; j < raw_size[s]; ++j) p[j] = static_cast<unsigned char>(raw_size[s] + j);
+        for (std::size_t j = 0; j < raw_size[s]; ++j)
+          p[j] = static_cast<unsigned char>(raw_size[s] + j);
         break;
       }
     }
@@ -1086,10 +1142,14 @@ TEST_P(Procs, ThreadLocalsStayTheThreadsAcrossPreemption) {
 
 // A goroutine inside blocking(f) is never signalled: a nanosleep there, which
 // SA_RESTART does not restart, is never cut short by EINTR, while a hog keeps
-// the P busy and sysmon signals it.
+// the P busy and sysmon signals it. Back from each call, main finds the P
+// taken by the hog's thread and waits in the global queue: behind the hog,
+// stopped on that thread's private queue, for a quantum or two, not for the
+// 61 quanta after which a P looks at the global queue on its own.
 TEST(Preempt, BlockingCallsAreNeverSignalled) {
   urge::run(preempt_config(1), [] {
     const urge::sched_stats before = urge::stats();
+    const clk::time_point t0 = clk::now();
     std::atomic<bool> stop{false};
     urge::wait_group wg;
     wg.add(1);
@@ -1105,12 +1165,51 @@ TEST(Preempt, BlockingCallsAreNeverSignalled) {
         if (::nanosleep(&ts, nullptr) != 0 && errno == EINTR) ++interrupted;
       });
     }
+    const clk::duration took = clk::now() - t0;
     stop.store(true);
     wg.wait();
     const urge::sched_stats after = urge::stats();
     EXPECT_EQ(interrupted, 0);
+    EXPECT_LT(took, tolerance(600ms)) << "20 calls of 3 ms";
     EXPECT_FALSE(wd.fired());
     EXPECT_GT(after.preempt_signals, before.preempt_signals);
+  });
+}
+
+// A goroutine readied by a plain thread (no P of its own) waits in the global
+// queue. A hog stopped asynchronously waits on its thread's private queue;
+// the two must take turns, not leave the global queue to the check every
+// 61st schedule (61 ms with a 1 ms quantum, 610 ms with Go's 10 ms).
+TEST(Preempt, GlobalQueueTakesTurnsWithAStoppedHog) {
+  urge::run(preempt_config(1), [] {
+    std::atomic<bool> stop{false};
+    urge::wait_group hog;
+    hog.add(1);
+    urge::go([&] {
+      spin_until_set(stop);
+      hog.done();
+    });
+    watchdog wd(tolerance(20s), [&] { stop.store(true); });
+    std::vector<double> waits_ms;
+    for (int i = 0; i < 10; ++i) {
+      urge::wait_group wake;
+      wake.add(1);
+      clk::time_point readied;
+      std::thread waker([&] {
+        std::this_thread::sleep_for(3ms);
+        readied = clk::now();
+        wake.done();  // no P here: main goes to the global queue
+      });
+      wake.wait();
+      waits_ms.push_back(ms(clk::now() - readied));
+      waker.join();
+    }
+    stop.store(true);
+    hog.wait();
+    EXPECT_FALSE(wd.fired());
+    std::sort(waits_ms.begin(), waits_ms.end());
+    // A quantum or two (the hog's turn, and the one it inherits) natively.
+    EXPECT_LT(waits_ms[waits_ms.size() / 2], ms(tolerance(10ms)));
   });
 }
 
@@ -1234,10 +1333,9 @@ TEST(Preempt, LittleStackLeftIsDeclinedNotOverrun) {
 // ---- Timers under a hog -------------------------------------------------------------
 
 class TimerUnderHog : public ::testing::TestWithParam<int> {};
-INSTANTIATE_TEST_SUITE_P(Preempt, TimerUnderHog, ::testing::Values(1, 10),
-                         [](const auto& info) {
-                           return "quantum" + std::to_string(info.param) + "ms";
-                         });
+INSTANTIATE_TEST_SUITE_P(Preempt, TimerUnderHog, ::testing::Values(1, 10), [](const auto& info) {
+  return "quantum" + std::to_string(info.param) + "ms";
+});
 
 // sleep(1 ms) while a hog without calls holds the only P. A timer due on a P
 // whose goroutine has run for 1 ms gets it preempted (beyond Go, which waits

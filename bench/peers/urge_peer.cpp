@@ -11,6 +11,7 @@
 //
 // Written only against the public API (/work/shared/api.md): <urge/urge.hpp>.
 
+#include <urge/net.hpp>
 #include <urge/urge.hpp>
 
 #include <sys/resource.h>
@@ -26,9 +27,11 @@
 #include <cstring>
 #include <exception>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 namespace {
@@ -417,6 +420,117 @@ void bench_timerlat(int64_t n) {
   result("p99_us", percentile(lat, 0.99), "us");
 }
 
+// ---------------------------------------------------------------- echo
+
+// As the Go peer: kEchoConns loopback TCP connections, server and clients in
+// this process; each accepted connection gets a goroutine that echoes, each
+// client goroutine does n/kEchoConns round trips of 64 bytes and checks every
+// echo. The poller backend is the runtime's choice, or URGE_DEBUG=netpoll=...
+// (compare.py runs echo with io_uring and echo_epoll with epoll).
+constexpr int kEchoConns = 64;
+
+void echo_serve(urge::net::conn c, urge::wait_group* done) {
+  std::byte buf[4096];
+  std::error_code ec;
+  while (std::size_t k = c.read(buf, ec)) {
+    c.write(std::span(buf, k), ec);
+    if (ec) break;
+  }
+  c.close();
+  done->done();
+}
+
+void bench_echo(int64_t n) {
+  urge::net::listener ln = urge::net::listen("tcp", "127.0.0.1:0");
+  urge::wait_group servers;
+  servers.add(kEchoConns);
+  urge::go([&ln, &servers] {
+    for (int i = 0; i < kEchoConns; i++) urge::go(echo_serve, ln.accept(), &servers);
+  });
+  const int64_t per = std::max<int64_t>(1, n / kEchoConns);
+  std::vector<urge::net::conn> conns;
+  for (int i = 0; i < kEchoConns; i++) conns.push_back(urge::net::dial("tcp", ln.address()));
+  urge::wait_group wg;
+  std::atomic<bool> bad{false};
+  urge::chan<int> start;  // closed to release every client at once
+  wg.add(kEchoConns);
+  for (int i = 0; i < kEchoConns; i++) {
+    urge::go([&wg, &bad, start, per, &c = conns[static_cast<std::size_t>(i)], i]() mutable {
+      std::byte msg[64] = {}, back[64];
+      msg[0] = static_cast<std::byte>(i);
+      start.recv();
+      std::error_code ec;
+      for (int64_t j = 0; j < per && !ec; j++) {
+        msg[1] = static_cast<std::byte>(j);
+        msg[2] = static_cast<std::byte>(j >> 8);
+        c.write(msg, ec);
+        for (std::size_t got = 0; got < sizeof back && !ec;) {
+          std::size_t k = c.read(std::span(back).subspan(got), ec);
+          if (k == 0 && !ec) ec = std::make_error_code(std::errc::connection_reset);
+          got += k;
+        }
+        if (!ec && std::memcmp(msg, back, sizeof msg) != 0) {
+          ec = std::make_error_code(std::errc::illegal_byte_sequence);
+        }
+      }
+      if (ec) bad = true;
+      wg.done();
+    });
+  }
+  auto t0 = clk::now();
+  start.close();
+  wg.wait();
+  double ns = ns_since(t0);
+  if (bad) fail("an echo failed or differed from what was sent");
+  conns.clear();  // closes: every server goroutine reads end of stream
+  servers.wait();
+  result("roundtrips_per_sec", static_cast<double>(per * kEchoConns) / (ns / 1e9), "1/s");
+}
+
+// ---------------------------------------------------------------- idleconns
+
+// As the Go peer: n idle loopback TCP connections, each accepted end served
+// by a goroutine parked in read; RSS growth per connection, and n (lowered to
+// fit RLIMIT_NOFILE's hard limit, two descriptors per connection).
+void bench_idleconns(int64_t n) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) fail("getrlimit failed");
+  rl.rlim_cur = rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_max != RLIM_INFINITY) {
+    n = std::min<int64_t>(n, (static_cast<int64_t>(rl.rlim_max) - 64) / 2);
+  }
+  urge::net::listener ln = urge::net::listen("tcp", "127.0.0.1:0");
+  int64_t rss0 = vm_rss();
+  urge::wait_group parked, exited;
+  parked.add(static_cast<int>(n));
+  exited.add(static_cast<int>(n));
+  urge::go([&ln, &parked, &exited, n] {
+    for (int64_t i = 0; i < n; i++) {
+      urge::go(
+          [&parked, &exited](urge::net::conn c) {
+            std::byte buf[64];
+            std::error_code ec;
+            parked.done();
+            c.read(buf, ec);  // until the client closes
+            c.close();
+            exited.done();
+          },
+          ln.accept());
+    }
+  });
+  std::vector<urge::net::conn> clients;
+  clients.reserve(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; i++) clients.push_back(urge::net::dial("tcp", ln.address()));
+  parked.wait();
+  urge::sleep(std::chrono::milliseconds(100));  // let the last goroutines reach read
+  int64_t rss1 = vm_rss();
+  result("rss_bytes_per_conn", static_cast<double>(rss1 - rss0) / static_cast<double>(n), "B");
+  result("conns", static_cast<double>(n), "conns");
+  clients.clear();
+  exited.wait();
+}
+
 // ---------------------------------------------------------------- main
 
 struct bench_case {
@@ -432,6 +546,7 @@ constexpr bench_case cases[] = {
     {"buffered", bench_buffered, 4000000}, {"select2", bench_select2, 2000000},
     {"mutex", bench_mutex, 4000000},
     {"preemptlat", bench_preemptlat, 200}, {"timerlat", bench_timerlat, 500},
+    {"echo", bench_echo, 320000},          {"idleconns", bench_idleconns, 10000},
 };
 
 [[noreturn]] void usage() {

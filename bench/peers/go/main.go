@@ -12,7 +12,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"runtime"
 	"sort"
@@ -408,6 +411,149 @@ func benchTimerlat(n int64) {
 	result("p99_us", percentile(lat, 0.99), "us")
 }
 
+// ---------------------------------------------------------------- echo
+
+// echoConns connections over loopback TCP, server and clients in this
+// process: each accepted connection gets a goroutine that echoes; each client
+// goroutine does n/echoConns round trips of 64 bytes and checks every echo.
+const echoConns = 64
+
+func echoServe(c net.Conn) {
+	defer c.Close()
+	buf := make([]byte, 4096)
+	for {
+		k, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		if _, err := c.Write(buf[:k]); err != nil {
+			return
+		}
+	}
+}
+
+func benchEcho(n int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fail("listen: %v", err)
+	}
+	var servers sync.WaitGroup
+	servers.Add(echoConns)
+	go func() {
+		for i := 0; i < echoConns; i++ {
+			c, err := ln.Accept()
+			if err != nil {
+				fail("accept: %v", err)
+			}
+			go func() { echoServe(c); servers.Done() }()
+		}
+	}()
+	per := n / echoConns
+	if per < 1 {
+		per = 1
+	}
+	conns := make([]net.Conn, echoConns)
+	for i := range conns {
+		if conns[i], err = net.Dial("tcp", ln.Addr().String()); err != nil {
+			fail("dial: %v", err)
+		}
+	}
+	var wg sync.WaitGroup
+	var bad int32
+	start := make(chan struct{})
+	wg.Add(echoConns)
+	for i, c := range conns {
+		go func(c net.Conn, id int) {
+			defer wg.Done()
+			msg := make([]byte, 64)
+			back := make([]byte, 64)
+			msg[0] = byte(id)
+			<-start
+			for j := int64(0); j < per; j++ {
+				msg[1], msg[2] = byte(j), byte(j>>8)
+				if _, err := c.Write(msg); err != nil {
+					atomic.StoreInt32(&bad, 1)
+					return
+				}
+				if _, err := io.ReadFull(c, back); err != nil || !bytes.Equal(msg, back) {
+					atomic.StoreInt32(&bad, 1)
+					return
+				}
+			}
+		}(c, i)
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	d := time.Since(t0)
+	if atomic.LoadInt32(&bad) != 0 {
+		fail("an echo failed or differed from what was sent")
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	servers.Wait()
+	ln.Close()
+	result("roundtrips_per_sec", float64(per*echoConns)/d.Seconds(), "1/s")
+}
+
+// ---------------------------------------------------------------- idleconns
+
+// benchIdleconns: n idle TCP connections over loopback (both ends in this
+// process), each accepted end served by a goroutine parked in Read. Reports
+// the RSS growth per connection, and how many connections there were: n is
+// lowered to fit RLIMIT_NOFILE's hard limit (two descriptors per connection).
+func benchIdleconns(n int64) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		fail("getrlimit: %v", err)
+	}
+	rl.Cur = rl.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	if fit := (int64(rl.Max) - 64) / 2; n > fit {
+		n = fit
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fail("listen: %v", err)
+	}
+	rss0 := vmRSS()
+	var parked, exited sync.WaitGroup
+	parked.Add(int(n))
+	exited.Add(int(n))
+	go func() {
+		for i := int64(0); i < n; i++ {
+			c, err := ln.Accept()
+			if err != nil {
+				fail("accept: %v", err)
+			}
+			go func() {
+				buf := make([]byte, 64)
+				parked.Done()
+				c.Read(buf) // until the client closes
+				c.Close()
+				exited.Done()
+			}()
+		}
+	}()
+	clients := make([]net.Conn, n)
+	for i := range clients {
+		if clients[i], err = net.Dial("tcp", ln.Addr().String()); err != nil {
+			fail("dial %d: %v", i, err)
+		}
+	}
+	parked.Wait()
+	time.Sleep(100 * time.Millisecond) // let the last goroutines reach Read
+	rss1 := vmRSS()
+	result("rss_bytes_per_conn", float64(rss1-rss0)/float64(n), "B")
+	result("conns", float64(n), "conns")
+	for _, c := range clients {
+		c.Close()
+	}
+	exited.Wait()
+	ln.Close()
+}
+
 // ---------------------------------------------------------------- main
 
 type benchCase struct {
@@ -427,10 +573,12 @@ var cases = map[string]benchCase{
 	"mutex":      {benchMutex, 4000000},
 	"preemptlat": {benchPreemptlat, 200},
 	"timerlat":   {benchTimerlat, 500},
+	"echo":       {benchEcho, 320000},
+	"idleconns":  {benchIdleconns, 10000},
 }
 
 var caseOrder = []string{"yield", "spawn", "skynet", "parked", "idle", "pingpong", "buffered", "select2", "mutex",
-	"preemptlat", "timerlat"}
+	"preemptlat", "timerlat", "echo", "idleconns"}
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage: peer CASE PROCS [N]\ncases: %s\n", strings.Join(caseOrder, " "))

@@ -1,0 +1,3 @@
+module urgehttp
+
+go 1.19
