@@ -762,6 +762,10 @@ void pd_close(poll_desc* pd) {
   const int fd = pd->fd;
   pd->fd = -1;
   if (fd >= 0 && g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(fd);
+  // That reference keeps a listening socket bound after our close, until the
+  // cancellation has completed on whichever thread armed the request. A TCP
+  // listener stops listening at shutdown, which frees its port at once.
+  if (fd >= 0 && pd->ms_armed) ::shutdown(fd, SHUT_RDWR);
   pd->mu.unlock();
   if (fd >= 0) ::close(fd);
   if (r) goready(r, false);
