@@ -476,9 +476,25 @@ __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& i
   // Goroutines stopped asynchronously on this M take turns with the P's
   // queue, so that two CPU hogs on one P alternate. After the timers: with
   // two hogs taking turns the queue is never empty, and timers would starve.
-  if (mp->lockedq_head && (pp->runq.empty() || (mp->lockedtick++ & 1) == 0)) {
-    inherit = false;
-    return lockedq_pop(mp);
+  if (mp->lockedq_head) {
+    const bool turn = (mp->lockedtick++ & 1) == 0;
+    if (pp->runq.empty()) {
+      // Then only the global queue competes (a goroutine back from a blocking
+      // call waits there): take turns with it too, not every 61st tick.
+      if (!turn && sched->runqsize.load(std::memory_order_relaxed) > 0) {
+        std::lock_guard lock(sched->lock);
+        if (g* gp = globrunqget(pp, 1)) {
+          inherit = false;
+          return gp;
+        }
+      }
+      inherit = false;
+      return lockedq_pop(mp);
+    }
+    if (turn) {
+      inherit = false;
+      return lockedq_pop(mp);
+    }
   }
   return pp->runq.get(inherit);
 }
