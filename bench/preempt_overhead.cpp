@@ -22,9 +22,15 @@
 //     for m in off on; do build-release/bench/preempt_overhead $m 1; done
 //   done
 //
-// PROCS defaults to the CPUs urge would use; SCALE (default 1) multiplies the
-// work, about 0.5 s of CPU per goroutine at 1. Exit status 1 if the
-// goroutines' results differ (they compute the same thing).
+// PROCS defaults to 1: the goroutines take turns on one P, and the difference
+// is the cost of the mechanism (signals, switches, cache refill). With more
+// Ps, scheduling adds its own effect: a goroutine stopped asynchronously
+// resumes on its thread, so it cannot be stolen by an idle P, and 4 goroutines
+// on 2 Ps can end up 3 on one thread and 1 on the other (measured: 405 ms
+// instead of 272 ms of wall time at a 10 ms quantum, for the same CPU time).
+// SCALE (default 1) multiplies the work, about 135 ms of CPU per goroutine at
+// 1. Exit status 1 if the goroutines' results differ (they compute the same
+// thing).
 #include <sys/resource.h>
 #include <sys/time.h>
 
@@ -107,6 +113,7 @@ int main(int argc, char** argv) {
   const std::string_view mode = argv[1];
   if (mode != "on" && mode != "off") usage();
   urge::config cfg;
+  cfg.maxprocs = 1;
   cfg.async_preempt = mode == "on";
   cfg.quantum = std::chrono::milliseconds(parse(argv[2], 1, 1000));
   if (argc > 3) cfg.maxprocs = static_cast<int>(parse(argv[3], 1, 1024));

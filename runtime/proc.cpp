@@ -1083,7 +1083,12 @@ void enter_blocking_call() {
 }
 
 void exit_blocking_call() {
-  preempt_off_scope no_preempt;
+  // Raised by hand, not by a preempt_off_scope: the slow path below switches
+  // away with it raised, as every switch is, and resumed() lowers it on
+  // whichever thread the goroutine comes back on. A scope would lower it a
+  // second time there (leaving -1: that thread's goroutines unpreemptible),
+  // and leave the parked thread's g0 at 2 (+1 for every goroutine it runs).
+  ++preempt_off;
   g* gp = getg();
   m* mp = gp->curm;
   p* oldp = mp->oldp;
@@ -1096,6 +1101,7 @@ void exit_blocking_call() {
     acquirep(mp, oldp);
     oldp->syscalltick.fetch_add(1, std::memory_order_relaxed);
     gp->status.store(gstatus::running, std::memory_order_release);
+    --preempt_off;
     return;
   }
   // Sysmon took it. Another idle P will do.
@@ -1105,10 +1111,10 @@ void exit_blocking_call() {
   if (pp) {
     acquirep(mp, pp);
     gp->status.store(gstatus::running, std::memory_order_release);
+    --preempt_off;
     return;
   }
   // Slow path (exitsyscall0): queue the goroutine and park this M, from g0.
-  ++preempt_off;
   mp->pending = after_switch::exit_blocking;
   mp->pending_g = gp;
   mp->curg.store(nullptr, std::memory_order_relaxed);
