@@ -299,18 +299,26 @@ bool unlock_pd(g*, void* arg) {
 
 bool deadline_passed(std::int64_t d) { return d != 0 && d <= platform::nanotime(); }
 
+// The checks every operation makes before it waits, and again after each
+// wake-up: closed, or past the side's deadline. pd->mu held.
+bool side_unusable(poll_desc* pd, bool read_side, std::error_code& ec) {
+  if (pd->closing) {
+    ec = make_error_code(net_errc::closed);
+    return true;
+  }
+  if (deadline_passed(read_side ? pd->rd : pd->wd)) {
+    ec = std::make_error_code(std::errc::timed_out);
+    return true;
+  }
+  return false;
+}
+
 // Runs one request through io_uring; pd->mu held on entry and exit.
-// Returns the kernel's result, or sets ec (closed, timed out).
+// Returns the kernel's result; sets ec when it failed (closed, timed out, or
+// the kernel's error).
 std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_code& ec) {
   for (;;) {
-    if (pd->closing) {
-      ec = make_error_code(net_errc::closed);
-      return -1;
-    }
-    if (deadline_passed(read_side ? pd->rd : pd->wd)) {
-      ec = std::make_error_code(std::errc::timed_out);
-      return -1;
-    }
+    if (side_unusable(pd, read_side, ec)) return -1;
     op.gp = getg();
     op.pd = pd;
     op.ring = nullptr;
@@ -322,6 +330,7 @@ std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_c
     pd->mu.lock();
     (read_side ? pd->rop : pd->wop) = nullptr;
     if (op.res == -ECANCELED || op.res == -EINTR) continue;  // closed, deadline, or moved: look again
+    if (op.res < 0) ec = std::error_code(-op.res, std::generic_category());
     return op.res;
   }
 }
@@ -331,14 +340,7 @@ std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_c
 // Waits until the side is ready; pd->mu held on entry and exit.
 bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
   for (;;) {
-    if (pd->closing) {
-      ec = make_error_code(net_errc::closed);
-      return false;
-    }
-    if (deadline_passed(read_side ? pd->rd : pd->wd)) {
-      ec = std::make_error_code(std::errc::timed_out);
-      return false;
-    }
+    if (side_unusable(pd, read_side, ec)) return false;
     bool& ready = read_side ? pd->rready : pd->wready;
     if (ready) {
       ready = false;
@@ -832,21 +834,10 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
       op.n = n;
       std::int32_t res = uring_run(pd, op, true, ec);
       if (ec) return 0;
-      if (res < 0) {
-        ec = errno_code(-res);
-        return 0;
-      }
       return static_cast<std::size_t>(res);
     }
     for (;;) {
-      if (pd->closing) {
-        ec = make_error_code(net_errc::closed);
-        return 0;
-      }
-      if (deadline_passed(pd->rd)) {
-        ec = std::make_error_code(std::errc::timed_out);
-        return 0;
-      }
+      if (side_unusable(pd, true, ec)) return 0;
       ssize_t r = ::recv(pd->fd, buf, n, 0);
       if (r >= 0) return static_cast<std::size_t>(r);
       if (errno == EINTR) continue;
@@ -871,21 +862,10 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
     op.n = n;
     std::int32_t res = uring_run(pd, op, false, ec);
     if (ec) return 0;
-    if (res < 0) {
-      ec = errno_code(-res);
-      return 0;
-    }
     return static_cast<std::size_t>(res);
   }
   for (;;) {
-    if (pd->closing) {
-      ec = make_error_code(net_errc::closed);
-      return 0;
-    }
-    if (deadline_passed(pd->wd)) {
-      ec = std::make_error_code(std::errc::timed_out);
-      return 0;
-    }
+    if (side_unusable(pd, false, ec)) return 0;
     ssize_t r = ::send(pd->fd, buf, n, MSG_NOSIGNAL);
     if (r >= 0) return static_cast<std::size_t>(r);
     if (errno == EINTR) continue;
@@ -936,21 +916,10 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
       op.addrlen = len;
       std::int32_t res = uring_run(pd, op, true, ec);
       if (ec) return -1;
-      if (res < 0) {
-        ec = errno_code(-res);
-        return -1;
-      }
       return res;
     }
     for (;;) {
-      if (pd->closing) {
-        ec = make_error_code(net_errc::closed);
-        return -1;
-      }
-      if (deadline_passed(pd->rd)) {
-        ec = std::make_error_code(std::errc::timed_out);
-        return -1;
-      }
+      if (side_unusable(pd, true, ec)) return -1;
       int fd = ::accept4(pd->fd, addr, len, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd >= 0) return fd;
       if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -973,8 +942,7 @@ void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_c
       op.kind = op_kind::connect;
       op.caddr = addr;
       op.clen = len;
-      std::int32_t res = uring_run(pd, op, false, ec);
-      if (!ec && res < 0) ec = errno_code(-res);
+      uring_run(pd, op, false, ec);
       return 0;
     }
     if (::connect(pd->fd, addr, len) == 0) return 0;
