@@ -17,7 +17,6 @@
 // calls of user code restart.
 #include "runtime/preempt.hpp"
 
-#include <cxxabi.h>
 #include <link.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -89,32 +88,6 @@ int collect_ranges(dl_phdr_info* info, std::size_t, void* data) {
     g_ranges[n++] = {lo, lo + ph.p_memsz};
   }
   return 0;
-}
-
-// ---- Parking on this M -------------------------------------------------------
-
-// The C++ runtime's per-thread exception state, as libstdc++ (unwind-cxx.h)
-// and libc++abi (cxa_exception.h) lay it out outside ARM EHABI: the stack of
-// exceptions being handled (catch blocks entered and not left) and the count
-// of exceptions in flight (unwinding).
-struct eh_globals {
-  void* caught_exceptions;
-  unsigned int uncaught_exceptions;
-};
-
-// Parks the running goroutine on this M's private queue (it resumes on this
-// thread). The thread's exception state is the goroutine's: it may be
-// stopped inside a catch block or in a destructor run by unwinding, or
-// release a lock there. Kept aside while other goroutines run on this
-// thread, or their catch blocks would push on and pop from it: a rethrow, the
-// end of a catch block or uncaught_exceptions() would act on the wrong
-// exception, and free it under its owner.
-void park_keeping_exceptions() {
-  auto* eh = reinterpret_cast<eh_globals*>(abi::__cxa_get_globals());
-  const eh_globals mine = *eh;
-  *eh = eh_globals{};
-  gopark_locked_to_m();
-  *eh = mine;  // the same thread, so the same eh
 }
 
 // ---- Counters ---------------------------------------------------------------
@@ -241,7 +214,7 @@ void preempt_deferred_now(std::uintptr_t caller_pc) {
   const int saved_errno = errno;
   gp->preempt.store(false, std::memory_order_relaxed);
   g_taken.fetch_add(1, std::memory_order_relaxed);
-  park_keeping_exceptions();
+  gopark_locked_to_m();
   errno = saved_errno;
 }
 
@@ -255,9 +228,12 @@ preempt_counters preempt_stats() {
 using namespace urge::runtime;
 
 // Called by urge_preempt_trampoline on the goroutine's stack; see step 2/3.
+// The goroutine's exception state (it may be stopped inside a catch block or
+// in a destructor run by unwinding) is kept aside by the switch, as for every
+// switch: see "Exception state" in proc.cpp.
 extern "C" void urge_preempt_park(void* saved) {
   const int saved_errno = errno;
-  park_keeping_exceptions();  // returns on the same M, when it is our turn again
+  gopark_locked_to_m();  // returns on the same M, when it is our turn again
   m* mp = getm();
   errno = saved_errno;
   // Step 3: resume the interrupted instruction through a signal to ourselves.

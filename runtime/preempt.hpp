@@ -27,7 +27,11 @@
 // A goroutine stopped at an arbitrary instruction may hold addresses derived
 // from the thread pointer in registers (a thread_local, errno), so it resumes
 // on the same thread: it waits in that M's private queue (m::lockedq), not in
-// a run queue other Ms steal from. Voluntary switches may migrate as before.
+// a run queue other Ms steal from. An M that loses its P with goroutines
+// waiting there (a blocking call) gets one handed back through a proxy in the
+// run queues: see "Stopped goroutines and their threads" in proc.cpp. While
+// the M itself is inside a blocking call, they wait for it to return.
+// Voluntary switches may migrate as before.
 #pragma once
 
 #include <cstdint>

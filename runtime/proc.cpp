@@ -49,6 +49,64 @@
 // the network poller takes over once it blocks with a timeout). Ms stay out
 // of the idle list while they are the timer waiter, so deadlock detection
 // does not fire while a timer can still wake a goroutine.
+//
+// Stopped goroutines and their threads
+// ------------------------------------
+// A goroutine stopped asynchronously (preempt.cpp) may hold addresses derived
+// from the thread pointer in registers (a thread_local, errno), so only its
+// own M may resume it: it waits on that M's private queue (m::lockedq), which
+// the M serves in turns with its P's queues (pick_local, findrunnable) and
+// which findrunnable empties before it gives the P up. Go has the same
+// constraint for a goroutine locked to its thread (LockOSThread), with one
+// goroutine per M; here an M may hold several.
+//
+// The M can still lose its P with goroutines on lockedq: one of them (or
+// another goroutine it runs) makes a blocking call, sysmon hands the P to
+// another M, and the call returns while every P is busy. The M then must not
+// park as an ordinary idle M, where nothing would ever hand it a P for them
+// (run() would report a deadlock, or they would starve while the other Ps
+// stay busy). As Go's stoplockedm, it parks outside the idle list
+// (m::lockedwait, counted in sched.nmidlelocked) and waits for a P to be
+// handed to it; and since the goroutines themselves cannot sit in a run
+// queue, a proxy does for them: a g of the M's own (m::lockedproxy, its
+// lockedm set), queued globally. Whichever M takes the proxy from a run queue
+// (it moves like any goroutine: a batch of the global queue, a steal) hands
+// its P to the waiting M and stops itself (startlockedm, as Go's, where the
+// taker finds a goroutine whose lockedm is another M). So the proxy competes
+// for a P on the same terms as the goroutines in the run queues: the next
+// idle P takes it at once, a busy one at its next look at the global queue.
+// pick_local cannot act on a proxy while it switches from one goroutine to
+// the next (the P must be handed over from g0, after the leaving goroutine's
+// pending action), so it leaves it in m::handoff for the g0 loop.
+//
+// Rejected: letting the waiting M steal an idle P by itself (it would still
+// wait for ever while all Ps are busy); queuing the stopped goroutines
+// themselves (each taker would have to pass one goroutine to its M, and the
+// M to come back for the next: one handoff per goroutine instead of one per
+// M); resuming them on another thread after all (see preempt.hpp for why
+// that is not safe).
+//
+// Deadlock detection counts a waiting M as idle, as Go counts nmidlelocked,
+// and finds its proxy in a run queue, so it never reports a deadlock while a
+// stopped goroutine can still run. Shutdown wakes the waiting Ms with the
+// idle ones, so that run() joins every thread.
+//
+// Exception state
+// ---------------
+// The C++ runtime keeps the exception state per thread (__cxa_get_globals:
+// the stack of exceptions whose catch blocks were entered and not left, and
+// the count of exceptions being unwound), but a goroutine may switch inside a
+// catch block or in a destructor run by unwinding (a channel operation, a
+// lock, a yield, a preemption) and resume on another thread, while other
+// goroutines catch and throw on its thread. Each switch therefore saves the
+// leaving context's two words into its g (g0's into m::g0_eh) and installs
+// those of the context it switches to, as other fiber libraries do (folly's
+// fibers, Boost.Fiber with Boost.Context). Otherwise `throw;`,
+// std::current_exception() and the end of a catch block act on whatever
+// exception was caught last on the thread, and may free it under its owner,
+// and std::uncaught_exceptions() counts other goroutines' unwinding. The
+// thread's state is reached through m::eh, computed once per thread:
+// __cxa_get_globals is a call into libstdc++ with a dynamic TLS access.
 #include <cxxabi.h>
 #include <sched.h>
 #include <unistd.h>
@@ -351,16 +409,28 @@ void handoffp(p* pp) {
   if (std::int64_t when = pp->timers.earliest()) wake_netpoller(when);
 }
 
-// Parks the M until startm hands it a P (or the runtime stops).
+// Parks the M until startm hands it a P (or the runtime stops). An M with
+// stopped goroutines instead waits for startlockedm to hand it one, its proxy
+// queued (Go's stoplockedm; see "Stopped goroutines and their threads").
 static void stopm(m* mp) {
+  const bool locked = mp->lockedq_head != nullptr;
   sched->lock.lock();
   if (sched->stopping.load(std::memory_order_relaxed)) {
     sched->lock.unlock();
     return;
   }
-  mput(mp);
+  if (locked) {
+    mp->lockedwait = true;
+    sched->nmidlelocked++;
+    globrunqput(&mp->lockedproxy);
+  } else {
+    mput(mp);
+  }
   checkdead();
   sched->lock.unlock();
+  // The proxy is work like any goroutine: a P that went idle before it was
+  // queued must come for it.
+  if (locked) wakep();
   for (;;) {
     mp->blocked = true;
     platform::notesleep(mp->park);
@@ -371,7 +441,26 @@ static void stopm(m* mp) {
   if (p* pp = mp->nextp) {
     mp->nextp = nullptr;
     acquirep(mp, pp);
+    // The P was handed over for the stopped goroutines: they go first.
+    if (locked) mp->lockedtick = 0;
   }
+}
+
+// mp took lm's proxy from a run queue: hands its P to lm, which waits for one
+// to run its stopped goroutines, and stops (Go's startlockedm).
+static void startlockedm(m* mp, g* proxy) {
+  m* lm = proxy->lockedm;
+  if (lm == mp) fatal("startlockedm: locked to me");
+  p* pp = releasep(mp);
+  sched->lock.lock();
+  if (!lm->lockedwait || lm->nextp) fatal("startlockedm: m is not waiting for a P");
+  lm->lockedwait = false;
+  sched->nmidlelocked--;
+  lm->nextp = pp;
+  sched->lock.unlock();
+  sched->lockedhandoffs.fetch_add(1, std::memory_order_relaxed);
+  platform::notewakeup(lm->park);
+  stopm(mp);
 }
 
 static void resetspinning(m* mp) {
@@ -615,6 +704,12 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
   g* next = nullptr;
   bool inherit = false;
   if (pp && !sched->stopping.load(std::memory_order_relaxed)) next = pick_local(mp, pp, inherit);
+  if (__builtin_expect(next && next->lockedm, 0)) {
+    // Another M's proxy: g0 hands the P over (see "Stopped goroutines and
+    // their threads").
+    mp->handoff = next;
+    next = nullptr;
+  }
   arch::context* to;
   if (next) {
     prepare_execute(mp, pp, next, inherit);
@@ -623,9 +718,13 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
     mp->curg.store(nullptr, std::memory_order_relaxed);
     to = &mp->g0;
   }
-  // user_locks follows the goroutine, not the thread (see "Unsafe points").
+  // user_locks follows the goroutine, not the thread (see "Unsafe points"),
+  // and so does the exception state (see "Exception state").
   gp->user_locks = user_locks;
   user_locks = next ? next->user_locks : 0;
+  eh_globals* eh = mp->eh;
+  gp->eh = *eh;
+  *eh = next ? next->eh : mp->g0_eh;
   if (act == after_switch::exit) arch::exit_to_context(gp->ctx, *to, mp);
   m* back = static_cast<m*>(arch::switch_context(gp->ctx, *to, mp));
   resumed(back);
@@ -869,6 +968,11 @@ static void schedule_loop(m* mp) {
   for (;;) {
     run_pending(mp);
     if (sched->stopping.load(std::memory_order_acquire)) break;
+    if (g* proxy = mp->handoff) {  // pick_local took it
+      mp->handoff = nullptr;
+      startlockedm(mp, proxy);
+      continue;
+    }
     if (!mp->curp) {
       stopm(mp);
       continue;
@@ -877,8 +981,14 @@ static void schedule_loop(m* mp) {
     g* gp = findrunnable(mp, inherit);
     if (!gp) continue;  // stopping: checked at the top
     if (mp->spinning) resetspinning(mp);
+    if (gp->lockedm) {
+      startlockedm(mp, gp);
+      continue;
+    }
     prepare_execute(mp, mp->curp, gp, inherit);
     user_locks = gp->user_locks;
+    mp->g0_eh = *mp->eh;
+    *mp->eh = gp->eh;
     m* back = static_cast<m*>(arch::switch_context(mp->g0, gp->ctx, mp));
     user_locks = 0;
     (void)back;  // g0 belongs to this thread: `back` is always mp
@@ -889,6 +999,7 @@ static void mstart(m* mp) {
   tls_m = mp;
   preempt_off = 1;  // g0's baseline: see switch_away
   mp->tid = platform::current_tid();
+  mp->eh = reinterpret_cast<eh_globals*>(abi::__cxa_get_globals());
   arch::init_thread_context(mp->g0);
   platform::ensure_alt_stack();
   if (p* pp = mp->nextp) {
@@ -1120,6 +1231,8 @@ void exit_blocking_call() {
   mp->curg.store(nullptr, std::memory_order_relaxed);
   gp->user_locks = user_locks;
   user_locks = 0;
+  gp->eh = *mp->eh;
+  *mp->eh = mp->g0_eh;
   m* back = static_cast<m*>(arch::switch_context(gp->ctx, mp->g0, mp));
   resumed(back);
 }
@@ -1129,16 +1242,21 @@ void exit_blocking_call() {
 void begin_stop_locked() {
   if (sched->stopping.exchange(true, std::memory_order_acq_rel)) return;
   for (m* mp = sched->midle; mp; mp = mp->schedlink) platform::notewakeup(mp->park);
+  for (m* mp = sched->allm; mp; mp = mp->alllink) {
+    if (mp->lockedwait) platform::notewakeup(mp->park);
+  }
   if (sched->timer_waiter) netpoll_break();
   platform::notewakeup(sched->sysmon_note);
 }
 
 // Called with sched.lock held when an M goes idle. If no M is running any
 // more (none spinning, none in a blocking call, none waiting for a timer),
-// nothing can ever make a goroutine runnable again: Go's checkdead.
+// nothing can ever make a goroutine runnable again: Go's checkdead. An M
+// waiting for a P for its stopped goroutines is idle, but its proxy is in a
+// run queue (see "Stopped goroutines and their threads").
 static void checkdead() {
   if (sched->stopping.load(std::memory_order_relaxed)) return;
-  int running = sched->mcount - sched->nmidle - sched->mexited;
+  int running = sched->mcount - sched->nmidle - sched->nmidlelocked - sched->mexited;
   if (running > 0) return;
   if (sched->runqsize.load(std::memory_order_relaxed) != 0) return;
   for (p* pp : sched->allp) {
@@ -1322,6 +1440,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   m m0;
   m0.id = 0;
   m0.tid = platform::current_tid();
+  m0.eh = reinterpret_cast<eh_globals*>(abi::__cxa_get_globals());
   m0.fastrand = 0x9E3779B97F4A7C15ULL ^ static_cast<std::uint64_t>(platform::nanotime());
   arch::init_thread_context(m0.g0);
   platform::ensure_alt_stack();

@@ -86,6 +86,20 @@ enum class after_switch : std::uint8_t {
 
 using unlock_fn = bool (*)(g* gp, void* arg);
 
+// The C++ runtime's per-thread exception state (what abi::__cxa_get_globals
+// returns), as libstdc++ (unwind-cxx.h) and libc++abi (cxa_exception.h) lay
+// it out outside ARM EHABI: the stack of exceptions being handled (catch
+// blocks entered and not left) and the count of exceptions being unwound.
+// It belongs to the goroutine, not the thread: see "Exception state" in
+// proc.cpp.
+#if defined(__ARM_EABI_UNWINDER__)
+#error "urge: the ARM EHABI exception state has another layout"
+#endif
+struct eh_globals {
+  void* caught_exceptions = nullptr;
+  unsigned int uncaught_exceptions = 0;
+};
+
 inline constexpr std::uint32_t g_magic = 0x676f7267;  // "gorg"
 
 // A goroutine. It lives at the top of its own stack (see newproc_begin), so
@@ -96,6 +110,10 @@ struct g {
   std::atomic<gstatus> status{gstatus::idle};
   std::uint64_t goid = 0;          // set at creation
   g* schedlink = nullptr;          // run queue batches and the global queue; their lock
+  // Set only in an M's proxy (m::lockedproxy): this run-queue entry stands
+  // for that M's stopped goroutines. See "Stopped goroutines and their
+  // threads" in proc.cpp. Fixed.
+  m* lockedm = nullptr;
   m* curm = nullptr;               // the M running it (running, syscall); owner
   std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
   waitreason reason = waitreason::zero;  // why it is waiting; set before parking
@@ -110,10 +128,15 @@ struct g {
   g* alllink = nullptr;            // allgs: push-only list, read lock-free
   timer sleep_timer;               // for sleep(): one per G, as Go's g.timer
   int user_locks = 0;              // pthread locks held, while not running (preempt.hpp)
+  eh_globals eh;                   // its exception state, while not running; owner
 };
 
 // A worker thread.
 struct m {
+  m() { lockedproxy.lockedm = this; }
+  m(const m&) = delete;
+  m& operator=(const m&) = delete;
+
   int id = 0;
   arch::context g0;                // the thread's own stack, running schedule(); owner
   std::atomic<g*> curg{nullptr};   // the G it runs, or nullptr on g0; owner writes, sysmon reads
@@ -136,11 +159,19 @@ struct m {
   unlock_fn pending_unlock = nullptr;
   void* pending_arg = nullptr;
   std::uint64_t fastrand = 0;      // owner
+  eh_globals* eh = nullptr;        // this thread's exception state; set at start
+  eh_globals g0_eh;                // g0's, while a goroutine runs; owner
   // Asynchronous preemption (preempt.cpp). Goroutines stopped at an arbitrary
-  // instruction wait here, to resume on this thread; owner only.
+  // instruction wait here, to resume on this thread; owner only. See
+  // "Stopped goroutines and their threads" in proc.cpp.
   g* lockedq_head = nullptr;
   g* lockedq_tail = nullptr;
   std::uint32_t lockedtick = 0;
+  // Parked without a P while lockedq is not empty (Go's stoplockedm), its
+  // proxy queued; sched.lock.
+  bool lockedwait = false;
+  g lockedproxy;                   // lockedm == this; in a run queue only while lockedwait
+  g* handoff = nullptr;            // a proxy pick_local took, for g0 to act on; owner
   std::atomic<bool> signal_pending{false};  // a SIGURG is in flight to this M
   bool in_preempt = false;         // between the handler's redirect and the switch; owner
   void* resume_ctx = nullptr;      // saved state to resume through the next SIGURG; owner
@@ -176,6 +207,7 @@ struct schedt {
 
   m* midle = nullptr;              // idle Ms waiting for work; lock
   int nmidle = 0;                  // lock
+  int nmidlelocked = 0;            // Ms parked with stopped goroutines (m::lockedwait); lock
   int mcount = 0;                  // Ms created, excluding sysmon; lock
   int mexited = 0;                 // Ms that left the loop at shutdown; lock
   m* allm = nullptr;               // lock
@@ -223,6 +255,7 @@ struct schedt {
   std::atomic<std::uint64_t> goroutines_created{0};
   std::atomic<std::uint64_t> steals{0};
   std::atomic<std::uint64_t> handoffs{0};
+  std::atomic<std::uint64_t> lockedhandoffs{0};  // Ps handed to Ms for their stopped goroutines
   std::atomic<std::uint64_t> preempt_requests{0};
   std::atomic<std::uint64_t> threads_created{0};
 };

@@ -179,8 +179,8 @@ void schedtrace(bool detailed) {
                sched->nmspinning.load(std::memory_order_relaxed), sched->nmidle,
                sched->runqsize.load(std::memory_order_relaxed));
   if (detailed) {
-    std::fprintf(out, " gcwaiting=0 nmidlelocked=0 stopwait=0 sysmonwait=%d\n",
-                 sched->sysmon_wait.load(std::memory_order_relaxed) ? 1 : 0);
+    std::fprintf(out, " gcwaiting=0 nmidlelocked=%d stopwait=0 sysmonwait=%d\n",
+                 sched->nmidlelocked, sched->sysmon_wait.load(std::memory_order_relaxed) ? 1 : 0);
   } else {
     std::fputs(" [", out);
     for (std::size_t i = 0; i < sched->allp.size(); ++i) {

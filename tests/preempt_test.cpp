@@ -1288,49 +1288,223 @@ TEST(Preempt, SignalledSystemCallsRestart) {
   ::close(fds[1]);
 }
 
+// ---- Stopped goroutines on a thread without a P ---------------------------------
+
 // A goroutine stopped asynchronously waits on its thread's private queue. If
 // that thread then loses its P (another goroutine on it makes a blocking call,
-// sysmon hands the P to another thread, and the call returns while the P is
-// busy there), the stopped goroutine must still run again.
-//
-// KNOWN BUG, disabled so that the suite stays green until it is fixed: the
-// thread goes idle with the goroutine on its queue, nothing ever hands it a
-// P again, and run() throws "all goroutines are asleep - deadlock!" (or,
-// while other goroutines keep the P busy, the goroutine starves). The fix
-// needs Go's locked-M machinery (startlockedm/stoplockedm): an M with stopped
-// goroutines waits for a P, and the next scheduling point on any M hands it
-// one. Run with --gtest_also_run_disabled_tests.
-TEST(Preempt, DISABLED_StoppedGoroutineRunsAfterItsThreadLosesTheP) {
-  urge::run(preempt_config(1), [] {
+// sysmon hands the P to another thread, and the call returns while every P is
+// busy), the thread must get a P back for it: it waits for one, and its proxy
+// in the global queue makes whichever thread takes it hand its P over (see
+// "Stopped goroutines and their threads" in runtime/proc.cpp). Without that,
+// run() reported a deadlock once the other goroutines were done, or the
+// stopped goroutine starved while they kept the Ps busy.
+
+int tid() {
+  return static_cast<int>(::syscall(SYS_gettid));
+}
+
+// Ps handed to threads for their stopped goroutines so far (the runtime's
+// counter: proof that a test went through the hand-off).
+std::uint64_t locked_handoffs() {
+  return urge::runtime::sched->lockedhandoffs.load();
+}
+
+// Threads waiting for a P for their stopped goroutines, now.
+int threads_waiting_for_a_p() {
+  std::lock_guard lock(urge::runtime::sched->lock);
+  return urge::runtime::sched->nmidlelocked;
+}
+
+// The blocking call of these tests and its counterpart in main: the call
+// holds its thread until main, which can only be running on another thread
+// then (sysmon handed it the P), says it keeps that P busy. So the call
+// returns while every P is busy, however late sysmon or the OS are.
+struct blocked_thread {
+  std::atomic<bool> in_call{false}, main_elsewhere{false};
+
+  void block() {
+    urge::blocking([this] {
+      in_call.store(true);
+      const clk::time_point deadline = clk::now() + tolerance(5s);
+      while (!main_elsewhere.load() && clk::now() < deadline) std::this_thread::sleep_for(1ms);
+    });
+  }
+  // main: waits (parked) for the call, then lets it return.
+  void wait_then_release() {
+    while (!in_call.load()) urge::sleep(1ms);
+    main_elsewhere.store(true);
+  }
+};
+
+TEST(Preempt, StoppedGoroutineRunsAfterItsThreadLosesTheP) {
+  std::uint64_t handoffs = 0;
+  urge::run(preempt_config(1), [&] {
     std::atomic<bool> stop{false};
     std::atomic<int> hog_thread{0}, blocker_thread{0};
+    blocked_thread bt;
     urge::wait_group wg;
     wg.add(2);
     // The hog: stopped by the timer of main's sleep below, it waits on M0's
     // private queue from then on.
     urge::go([&] {
-      hog_thread.store(static_cast<int>(::syscall(SYS_gettid)));
+      hog_thread.store(tid());
       spin_until_set(stop);
       wg.done();
     });
     urge::sleep(5ms);
-    // The blocker: runs on M0 next to the stopped hog and blocks M0 for 30 ms,
-    // long enough for sysmon to hand the P to another thread.
+    // The blocker: runs on M0 next to the stopped hog and blocks M0 until
+    // sysmon has handed the P to another thread, where main runs.
     urge::go([&] {
-      blocker_thread.store(static_cast<int>(::syscall(SYS_gettid)));
-      urge::blocking([] { std::this_thread::sleep_for(30ms); });
+      blocker_thread.store(tid());
+      bt.block();
       wg.done();
     });
     // Main wakes on that other thread and keeps the P busy while the
-    // blocker's call returns: M0 finds no P and goes idle.
-    urge::sleep(10ms);
+    // blocker's call returns: M0 finds no P and waits for one.
+    bt.wait_then_release();
     const clk::time_point t0 = clk::now();
     while (clk::now() - t0 < 60ms) {
     }
     stop.store(true);
     wg.wait();  // the hog can only finish if it runs again
+    handoffs = locked_handoffs();
     EXPECT_EQ(hog_thread.load(), blocker_thread.load()) << "the scenario did not happen as meant";
   });
+  EXPECT_GT(handoffs, 0u);
+}
+
+// The stranding, on every P: a hog that blocks its thread in a call takes
+// turns with a second hog on that thread; main goes on elsewhere and, with a
+// spinner on the other P (maxprocs 2), keeps every P busy until the second
+// hog has run again. Without a hand-off the second hog starves and the
+// watchdog ends the test.
+TEST_P(Procs, StoppedGoroutineRunsWhileEveryPStaysBusy) {
+  const int procs = GetParam();
+  std::atomic<bool> resumed{false}, released{false}, h1_go{false};
+  blocked_thread bt;
+  std::atomic<int> h1_thread{0}, h2_before{0}, h2_after{0};
+  std::uint64_t handoffs = 0;
+  bool fired = false;
+  urge::run(preempt_config(procs), [&] {
+    watchdog wd(tolerance(20s), [&] {
+      released.store(true);
+      resumed.store(true);
+    });
+    urge::wait_group wg;
+    if (procs == 2) {
+      // The spinner keeps the other P: without a point where it could be
+      // preempted, its thread never schedules, so both hogs below stay on
+      // main's thread. (A preemptible one could end up stopped on main's
+      // thread, leaving the other P idle for the blocked thread to take.)
+      std::atomic<bool> running{false};
+      wg.add(1);
+      urge::go([&] {
+        {
+          urge::runtime::preempt_off_scope keep_the_p;
+          running.store(true);
+          spin_until_set(resumed);
+        }
+        wg.done();
+      });
+      // Main's timer fires on the other P once the spinner holds this one.
+      while (!running.load()) urge::sleep(1ms);
+    }
+    wg.add(2);
+    urge::go([&] {  // H1: blocks its thread in a call, once told to
+      h1_thread.store(tid());
+      spin_until_set(h1_go);
+      bt.block();
+      released.store(true);
+      wg.done();
+    });
+    urge::go([&] {  // H2: stopped on that thread when it blocks
+      h2_before.store(tid());
+      spin_until_set(released);
+      h2_after.store(tid());
+      resumed.store(true);
+      wg.done();
+    });
+    urge::sleep(5ms);  // the hogs take turns on this thread, 1 ms each
+    h1_go.store(true);
+    bt.wait_then_release();  // H1 blocks; main wakes on another thread
+    spin_until_set(resumed);
+    wg.wait();
+    handoffs = locked_handoffs();
+    fired = wd.fired();
+  });
+  EXPECT_FALSE(fired) << "the stopped goroutine starved";
+  EXPECT_EQ(h2_before.load(), h1_thread.load()) << "the scenario did not happen as meant";
+  EXPECT_EQ(h2_after.load(), h2_before.load()) << "resumed on another thread";
+  EXPECT_GT(handoffs, 0u);
+}
+
+// Sets up the stranding from main on one P and returns once the hog's thread
+// waits for a P: main keeps its P meanwhile without a point where it could be
+// preempted (or the thread that runs it would take the proxy at once).
+// Returns false if it did not come to that.
+bool strand_a_stopped_hog(std::atomic<bool>& stop, blocked_thread& bt, urge::wait_group& wg) {
+  wg.add(2);
+  urge::go([&] {
+    spin_until_set(stop);
+    wg.done();
+  });
+  urge::sleep(5ms);  // the timer stops the hog
+  urge::go([&] {
+    bt.block();
+    wg.done();
+  });
+  while (!bt.in_call.load()) urge::sleep(1ms);  // main wakes on another thread
+  urge::runtime::preempt_off_scope keep_the_p;
+  bt.main_elsewhere.store(true);
+  const clk::time_point deadline = clk::now() + tolerance(5s);
+  while (threads_waiting_for_a_p() != 1) {
+    if (clk::now() > deadline) return false;
+  }
+  return true;
+}
+
+// Every other goroutine parks: the P goes idle and its thread finds the proxy
+// where it looks for work (the global queue) instead of declaring a deadlock.
+TEST(Preempt, IdlePRunsTheStoppedGoroutinesOfAThreadWithoutAP) {
+  std::uint64_t handoffs = 0;
+  urge::run(preempt_config(1), [&] {
+    std::atomic<bool> stop{false};
+    blocked_thread bt;
+    urge::wait_group wg;
+    ASSERT_TRUE(strand_a_stopped_hog(stop, bt, wg));
+    stop.store(true);
+    wg.wait();  // parks main: the P is free for the proxy
+    handoffs = locked_handoffs();
+    EXPECT_EQ(threads_waiting_for_a_p(), 0);
+  });
+  EXPECT_GT(handoffs, 0u);
+}
+
+// main returns while a thread waits for a P for its stopped goroutine: run()
+// wakes it with the idle threads and joins it (a thread left waiting would
+// hang run(), and the watchdog reports it).
+TEST(Preempt, RunReturnsWhileAThreadWaitsForAP) {
+  std::atomic<bool> stop{false}, returned{false};
+  blocked_thread bt;
+  bool stranded = false;
+  std::thread hang_check([&] {
+    const clk::time_point deadline = clk::now() + tolerance(30s);
+    while (!returned.load()) {
+      if (clk::now() > deadline) {
+        std::fprintf(stderr, "preempt_test: run() did not return\n");
+        std::abort();
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  urge::run(preempt_config(1), [&] {
+    urge::wait_group wg;  // abandoned with the hog
+    stranded = strand_a_stopped_hog(stop, bt, wg);
+  });
+  returned.store(true);
+  hang_check.join();
+  stop.store(true);
+  EXPECT_TRUE(stranded) << "the scenario did not happen as meant";
 }
 
 // ---- Little stack left --------------------------------------------------------------

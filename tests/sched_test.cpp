@@ -39,6 +39,7 @@
 #include "platform/cpu.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
+#include "urge/chan.hpp"
 #include "urge/runtime.hpp"
 #include "urge/sync.hpp"
 
@@ -487,6 +488,158 @@ TEST(Sched, BlockingReturnsValuesAndExceptions) {
     wg.wait();
   });
   EXPECT_EQ(urge::blocking([] { return 6; }), 6) << "outside run it just calls f";
+}
+
+// ---- Exceptions across switches -------------------------------------------------
+
+// The C++ runtime keeps per-thread exception state: the stack of exceptions
+// whose catch blocks were entered and not left (what `throw;` and
+// std::current_exception() read, what the end of a catch block pops) and the
+// count of exceptions being unwound (std::uncaught_exceptions()). A goroutine
+// that switches inside a catch block or an unwinding destructor must find its
+// own state when it resumes, on whatever thread, with other goroutines having
+// thrown and caught on its thread in between.
+
+struct tagged {
+  int owner;
+  long seq;
+};
+
+// Two goroutines that meet on an unbuffered channel: each call parks one of
+// them until the other arrives (with two Ps, often on another thread), and
+// yields on the way, so that the other goroutines of the test run in between.
+class rendezvous {
+ public:
+  void meet(bool first) const {
+    urge::yield();
+    if (first) {
+      ch_.send(1);
+      (void)ch_.recv();
+    } else {
+      (void)ch_.recv();
+      ch_.send(2);
+    }
+  }
+
+ private:
+  urge::chan<int> ch_;
+};
+
+// True if the exception being handled is tagged {owner, seq}.
+bool current_is(int owner, long seq) {
+  std::exception_ptr ep = std::current_exception();
+  if (!ep) return false;
+  try {
+    std::rethrow_exception(ep);
+  } catch (const tagged& t) {
+    return t.owner == owner && t.seq == seq;
+  } catch (...) {
+  }
+  return false;
+}
+
+TEST_P(Procs, CatchBlocksKeepTheirExceptionAcrossSwitches) {
+  constexpr int kPairs = 3;
+  constexpr long kIters = 300;
+  std::atomic<long> bad_current{0}, bad_nested{0}, bad_rethrow{0}, bad_after{0}, rethrown{0};
+  urge::run(procs(GetParam()), [&] {
+    std::vector<rendezvous> pairs(kPairs);
+    urge::wait_group wg;
+    for (int g = 0; g < 2 * kPairs; ++g) {
+      wg.add(1);
+      urge::go([&, g] {
+        const rendezvous& r = pairs[static_cast<std::size_t>(g / 2)];
+        const bool first = g % 2 == 0;
+        for (long i = 0; i < kIters; ++i) {
+          try {
+            try {
+              throw tagged{g, i};
+            } catch (const tagged& e) {
+              r.meet(first);
+              if (e.owner != g || e.seq != i || !current_is(g, i)) bad_current.fetch_add(1);
+              try {
+                throw tagged{g, -i - 1};
+              } catch (const tagged&) {
+                r.meet(first);
+                if (!current_is(g, -i - 1)) bad_nested.fetch_add(1);
+              }
+              // The nested handler is over: the outer exception is current again.
+              r.meet(first);
+              if (!current_is(g, i)) bad_current.fetch_add(1);
+              throw;
+            }
+          } catch (const tagged& e) {
+            if (e.owner != g || e.seq != i) bad_rethrow.fetch_add(1);
+            rethrown.fetch_add(1);
+          }
+          if (std::current_exception() || std::uncaught_exceptions() != 0) bad_after.fetch_add(1);
+        }
+        wg.done();
+      });
+    }
+    wg.wait();
+  });
+  EXPECT_EQ(bad_current.load(), 0) << "std::current_exception() was another goroutine's";
+  EXPECT_EQ(bad_nested.load(), 0) << "a nested handler saw another goroutine's exception";
+  EXPECT_EQ(bad_rethrow.load(), 0) << "`throw;` rethrew another goroutine's exception";
+  EXPECT_EQ(bad_after.load(), 0) << "a goroutine outside any handler saw exceptions";
+  EXPECT_EQ(rethrown.load(), 2 * kPairs * kIters);
+}
+
+// Runs `meet` from its destructor, which the test reaches by unwinding.
+struct switching_guard {
+  const rendezvous& r;
+  bool first;
+  std::atomic<long>& bad;
+  ~switching_guard() {
+    const int before = std::uncaught_exceptions();
+    r.meet(first);
+    if (before != 1 || std::uncaught_exceptions() != 1) bad.fetch_add(1);
+  }
+};
+
+// Half of the goroutines switch in destructors run by unwinding (one
+// exception in flight), the other half inside catch blocks (none in
+// flight), on the same threads.
+TEST_P(Procs, UnwindingDestructorsKeepTheirUncaughtCountAcrossSwitches) {
+  constexpr int kPairs = 3;
+  constexpr long kIters = 300;
+  std::atomic<long> bad_unwinding{0}, bad_catching{0}, bad_caught{0}, caught{0};
+  urge::run(procs(GetParam()), [&] {
+    std::vector<rendezvous> pairs(kPairs);
+    urge::wait_group wg;
+    for (int g = 0; g < 2 * kPairs; ++g) {
+      wg.add(1);
+      urge::go([&, g] {
+        const rendezvous& r = pairs[static_cast<std::size_t>(g / 2)];
+        const bool first = g % 2 == 0;
+        const bool unwinder = g % 2 == 0;  // one of each in every pair
+        for (long i = 0; i < kIters; ++i) {
+          try {
+            if (unwinder) {
+              switching_guard guard{r, first, bad_unwinding};
+              throw tagged{g, i};
+            }
+            throw tagged{g, i};
+          } catch (const tagged& e) {
+            if (!unwinder) {
+              r.meet(first);
+              if (std::uncaught_exceptions() != 0) bad_catching.fetch_add(1);
+            }
+            if (e.owner != g || e.seq != i || !current_is(g, i)) bad_caught.fetch_add(1);
+            caught.fetch_add(1);
+          }
+          if (std::uncaught_exceptions() != 0) bad_caught.fetch_add(1);
+        }
+        wg.done();
+      });
+    }
+    wg.wait();
+  });
+  EXPECT_EQ(bad_unwinding.load(), 0) << "a destructor run by unwinding miscounted, across a switch";
+  EXPECT_EQ(bad_catching.load(), 0) << "a catch block counted another goroutine's unwinding";
+  EXPECT_EQ(bad_caught.load(), 0);
+  EXPECT_EQ(caught.load(), 2 * kPairs * kIters);
 }
 
 // ---- Timers ---------------------------------------------------------------------
