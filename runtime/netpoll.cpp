@@ -98,11 +98,21 @@ std::error_code make_error_code(net_errc e) { return {static_cast<int>(e), net_c
 // event that raced with a close may still name it, and must find memory that
 // is a poll_desc; at worst it sets a readiness latch spuriously, and the
 // waiter retries its system call.
+//
+// Two counts keep it alive ("Closing" in netpoll.hpp). fdref is Go's fdMutex
+// reduced to what urge needs: a closed bit and the number of references to
+// the fd (the owner's while it is open, one per operation in progress); the
+// fd is closed when that count drops to zero after the bit is set. refs
+// counts references to the memory: the owner object, the open fd, each armed
+// deadline timer and an armed multishot accept; at zero the poll_desc goes
+// back to the free list.
 struct poll_desc {
   futex_mutex mu;
-  int fd = -1;
-  std::atomic<int> refs{0};        // owner + operations in progress + armed timers
-  bool closing = false;            // mu
+  int fd = -1;                     // -1 once closed; mu (read without it under an fdref)
+  std::atomic<std::uint32_t> fdref{0};
+  std::atomic<int> refs{0};
+  bool closing = false;            // mu; set with fdref's closed bit
+  g* close_waiter = nullptr;       // the goroutine in pd_close waiting for the fd to close; mu
   bool rready = false;             // epoll: readable since the last EAGAIN; mu
   bool wready = false;             // mu
   g* rg = nullptr;                 // epoll: the goroutine waiting to read; mu
@@ -125,6 +135,8 @@ struct poll_desc {
 
 namespace {
 
+constexpr std::uint32_t fd_closed_bit = 1u << 31;
+
 std::mutex g_pd_mu;
 poll_desc* g_pd_free = nullptr;
 
@@ -132,14 +144,44 @@ void pd_ref(poll_desc* pd) { pd->refs.fetch_add(1, std::memory_order_relaxed); }
 
 void pd_unref(poll_desc* pd) {
   if (pd->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (pd->fd >= 0) {
-    if (g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(pd->fd);
-    ::close(pd->fd);
-    pd->fd = -1;
-  }
   std::lock_guard lock(g_pd_mu);
   pd->free_next = g_pd_free;
   g_pd_free = pd;
+}
+
+// An operation's reference to the fd; false (take none) once closed.
+bool fd_incref(poll_desc* pd) {
+  std::uint32_t v = pd->fdref.load(std::memory_order_relaxed);
+  do {
+    if (v & fd_closed_bit) return false;
+  } while (!pd->fdref.compare_exchange_weak(v, v + 1, std::memory_order_acquire,
+                                            std::memory_order_relaxed));
+  return true;
+}
+
+// Closes the fd: the descriptor is closed and nobody names the fd any more.
+void fd_destroy(poll_desc* pd) {
+  pd->mu.lock();
+  const int fd = pd->fd;
+  pd->fd = -1;
+  // A multishot accept still in the kernel holds the socket open after our
+  // close, until its cancellation completes on whichever thread armed it. A
+  // TCP listener stops listening at shutdown, which frees its port at once.
+  const bool ms = pd->ms_armed;
+  g* waiter = pd->close_waiter;
+  pd->close_waiter = nullptr;
+  pd->mu.unlock();
+  if (fd >= 0) {
+    if (g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(fd);
+    if (ms) ::shutdown(fd, SHUT_RDWR);
+    ::close(fd);
+  }
+  if (waiter) goready(waiter, false);
+  pd_unref(pd);  // the open fd's reference
+}
+
+void fd_decref(poll_desc* pd) {
+  if (pd->fdref.fetch_sub(1, std::memory_order_acq_rel) == (fd_closed_bit | 1)) fd_destroy(pd);
 }
 
 // ---- io_uring ----------------------------------------------------------------
@@ -168,16 +210,16 @@ void queue_op_locked(ring_state* r, uring_op* op) {
   }
   switch (op->kind) {
     case op_kind::read:
-      io_uring_prep_recv(sqe, pd_fd(op->pd), op->buf, op->n, 0);
+      io_uring_prep_recv(sqe, op->pd->fd, op->buf, op->n, 0);
       break;
     case op_kind::write:
-      io_uring_prep_send(sqe, pd_fd(op->pd), op->buf, op->n, MSG_NOSIGNAL);
+      io_uring_prep_send(sqe, op->pd->fd, op->buf, op->n, MSG_NOSIGNAL);
       break;
     case op_kind::accept:
-      io_uring_prep_accept(sqe, pd_fd(op->pd), op->addr, op->addrlen, SOCK_CLOEXEC);
+      io_uring_prep_accept(sqe, op->pd->fd, op->addr, op->addrlen, SOCK_CLOEXEC);
       break;
     case op_kind::connect:
-      io_uring_prep_connect(sqe, pd_fd(op->pd), op->caddr, op->clen);
+      io_uring_prep_connect(sqe, op->pd->fd, op->caddr, op->clen);
       break;
   }
   io_uring_sqe_set_data(sqe, op);
@@ -709,8 +751,10 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   if (!pd) pd = new poll_desc;
   pd->mu.lock();
   pd->fd = fd;
-  pd->refs.store(1, std::memory_order_relaxed);
+  pd->fdref.store(1, std::memory_order_relaxed);  // the owner's, until pd_close
+  pd->refs.store(2, std::memory_order_relaxed);   // the owner object and the open fd
   pd->closing = false;
+  pd->close_waiter = nullptr;
   pd->rready = pd->wready = false;
   pd->rg = pd->wg = nullptr;
   pd->rop = pd->wop = nullptr;
@@ -726,6 +770,8 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
     fcntl(fd, F_SETFL, flags | O_NONBLOCK);
     if (int rc = g_epoll->add(fd, pd); rc != 0) {
       ec = std::error_code(-rc, std::generic_category());
+      pd->fd = -1;  // the caller keeps fd
+      pd->fdref.store(0, std::memory_order_relaxed);
       pd->refs.store(1, std::memory_order_relaxed);
       pd_unref(pd);
       return nullptr;
@@ -738,48 +784,55 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   return pd;
 }
 
-int pd_fd(poll_desc* pd) { return pd->fd; }
+int pd_fd_acquire(poll_desc* pd) { return fd_incref(pd) ? pd->fd : -1; }
 
-void pd_close(poll_desc* pd) {
-  g* r = nullptr;
-  g* w = nullptr;
+void pd_fd_release(poll_desc* pd) { fd_decref(pd); }
+
+bool pd_closed(poll_desc* pd) {
+  return pd->fdref.load(std::memory_order_acquire) & fd_closed_bit;
+}
+
+bool pd_close(poll_desc* pd) {
+  if (pd->fdref.fetch_or(fd_closed_bit, std::memory_order_acq_rel) & fd_closed_bit) return false;
+  // From here no operation takes a new reference. Those holding one are
+  // woken or cancelled below; each sees `closing` under mu before it would
+  // name the fd again, fails, and drops its reference.
   pd->mu.lock();
-  if (pd->closing) {
-    pd->mu.unlock();
-    return;
-  }
   pd->closing = true;
-  r = interrupt_side(pd, true);
-  w = interrupt_side(pd, false);
+  g* r = interrupt_side(pd, true);
+  g* w = interrupt_side(pd, false);
   ms_cancel(pd);
   for (int fd : pd->accepted) ::close(fd);
   pd->accepted.clear();
-  // Close the socket now, as Go's Close does, so that its address is free
-  // once close returns: waiting for the last reference could take until a
-  // multishot accept's final completion is reaped, or for ever if the run
-  // ends first. Safe: every operation checks `closing` under mu before it
-  // names the fd, and every request that names it is in the kernel by now
-  // (cancel_op and ms_cancel submit their rings), holding its own reference
-  // to the socket until its cancellation completes.
-  const int fd = pd->fd;
-  pd->fd = -1;
-  if (fd >= 0 && g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(fd);
-  // That reference keeps a listening socket bound after our close, until the
-  // cancellation has completed on whichever thread armed the request. A TCP
-  // listener stops listening at shutdown, which frees its port at once.
-  if (fd >= 0 && pd->ms_armed) ::shutdown(fd, SHUT_RDWR);
   pd->mu.unlock();
-  if (fd >= 0) ::close(fd);
   if (r) goready(r, false);
   if (w) goready(w, false);
   if (del_timer(&pd->rt)) pd_unref(pd);
   if (del_timer(&pd->wt)) pd_unref(pd);
+  // Drop the owner's reference to the fd; with operations still in progress
+  // the last of them closes it. As Go's Close, wait for that: callers expect
+  // the address to be free, and the peer to see the close, once close
+  // returns. The wait is short (the operations are failing already); off a
+  // goroutine (a conn destroyed outside run) there is nobody to park.
+  g* gp = getg();
+  if (gp) pd_ref(pd);  // pd must outlive the wait even if the owner drops it
+  fd_decref(pd);
+  if (!gp) return true;
+  pd->mu.lock();
+  if (pd->fd >= 0) {
+    pd->close_waiter = gp;
+    gopark(unlock_pd, pd, waitreason::semacquire);  // Go's runtime_Semacquire(&fd.csema)
+  } else {
+    pd->mu.unlock();
+  }
+  pd_unref(pd);
+  return true;
 }
 
 void pd_release(poll_desc* pd) { pd_unref(pd); }
 
-void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
-  pd_ref(pd);
+bool pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
+  if (!fd_incref(pd)) return false;
   for (int side = 0; side < 2; ++side) {
     const bool read_side = side == 0;
     if (read_side && mode == 'w') continue;
@@ -802,20 +855,25 @@ void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
     pd->mu.unlock();
     if (gp) goready(gp, false);
   }
-  pd_unref(pd);
+  fd_decref(pd);
+  return true;
 }
 
 namespace {
 
-// Common shape of an operation: hold a reference and the side's lock.
-template <class F>
-auto with_side(poll_desc* pd, bool read_side, F&& f) {
-  pd_ref(pd);
+// Common shape of an operation: hold a reference to the fd and the side's
+// lock; fail with `closed` without touching the fd once it is closed.
+template <class R, class F>
+R with_side(poll_desc* pd, bool read_side, std::error_code& ec, R failed, F&& f) {
+  if (!fd_incref(pd)) {
+    ec = make_error_code(net_errc::closed);
+    return failed;
+  }
   urge::mutex& side = read_side ? pd->rlock : pd->wlock;
   side.lock();
   auto r = f();
   side.unlock();
-  pd_unref(pd);
+  fd_decref(pd);
   return r;
 }
 
@@ -825,7 +883,7 @@ std::error_code errno_code(int e) { return {e, std::generic_category()}; }
 
 std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec) {
   ec.clear();
-  return with_side(pd, true, [&]() -> std::size_t {
+  return with_side(pd, true, ec, std::size_t{0}, [&]() -> std::size_t {
     std::lock_guard lock(pd->mu);
     if (g_kind == netpoll_backend::uring) {
       uring_op op;
@@ -886,7 +944,7 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
 // must not let it be recycled under the writer).
 std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
   ec.clear();
-  return with_side(pd, false, [&]() -> std::size_t {
+  return with_side(pd, false, ec, std::size_t{0}, [&]() -> std::size_t {
     std::lock_guard lock(pd->mu);
     std::size_t done = 0;
     while (done < n) {
@@ -904,7 +962,7 @@ std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_c
 
 int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec) {
   ec.clear();
-  return with_side(pd, true, [&]() -> int {
+  return with_side(pd, true, ec, -1, [&]() -> int {
     std::lock_guard lock(pd->mu);
     if (g_kind == netpoll_backend::uring && g_multishot_accept) {
       return ms_accept(pd, addr, len, ec);
@@ -935,7 +993,7 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
 
 void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_code& ec) {
   ec.clear();
-  with_side(pd, false, [&]() -> int {
+  with_side(pd, false, ec, 0, [&]() -> int {
     std::lock_guard lock(pd->mu);
     if (g_kind == netpoll_backend::uring) {
       uring_op op;
