@@ -119,8 +119,10 @@ struct poll_desc {
   g* wg = nullptr;                 // mu
   uring_op* rop = nullptr;         // io_uring: the read-side request in flight; mu
   uring_op* wop = nullptr;         // mu
-  std::int64_t rd = 0;             // read deadline (nanotime), 0 for none; mu
-  std::int64_t wd = 0;             // mu
+  // Deadlines (nanotime, 0 for none): written under mu, read without it by
+  // an operation's first check.
+  std::atomic<std::int64_t> rd{0};
+  std::atomic<std::int64_t> wd{0};
   timer rt, wt;                    // the deadline timers
   urge::mutex rlock, wlock;        // one reader and one writer at a time (Go's fdMutex)
   // io_uring multishot accept (listeners): one request that keeps producing
@@ -342,13 +344,15 @@ bool unlock_pd(g*, void* arg) {
 bool deadline_passed(std::int64_t d) { return d != 0 && d <= platform::nanotime(); }
 
 // The checks every operation makes before it waits, and again after each
-// wake-up: closed, or past the side's deadline. pd->mu held.
-bool side_unusable(poll_desc* pd, bool read_side, std::error_code& ec) {
-  if (pd->closing) {
+// wake-up: closed, or past the side's deadline. pd->mu held, or not: then
+// the closed bit stands for `closing` (it is set first), and a close or
+// deadline that comes later is seen under mu before the operation waits.
+bool side_unusable(poll_desc* pd, bool read_side, std::error_code& ec, bool locked = true) {
+  if (locked ? pd->closing : (pd->fdref.load(std::memory_order_acquire) & fd_closed_bit) != 0) {
     ec = make_error_code(net_errc::closed);
     return true;
   }
-  if (deadline_passed(read_side ? pd->rd : pd->wd)) {
+  if (deadline_passed((read_side ? pd->rd : pd->wd).load(std::memory_order_relaxed))) {
     ec = std::make_error_code(std::errc::timed_out);
     return true;
   }
@@ -379,13 +383,25 @@ std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_c
 
 // ---- epoll ----------------------------------------------------------------
 
-// Waits until the side is ready; pd->mu held on entry and exit.
+// The epoll side of an operation makes its system call without pd->mu (Go
+// holds no lock across read(2) either; the operation's fd reference keeps the
+// number valid), and takes mu only to wait after EAGAIN. Readiness is a
+// latch set by epoll_dispatch: an event that arrives between the EAGAIN and
+// the wait leaves it set and the operation retries instead of waiting; a
+// latch left over from an event whose data an earlier call already consumed
+// costs one more EAGAIN, not a lost wake-up. (Resetting the latch before
+// every call, as Go's prepareRead does, would cost a store per operation to
+// save that rare extra call.)
+//
+// Waits until the side may be ready again; pd->mu not held on entry or exit.
 bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
+  pd->mu.lock();
   for (;;) {
-    if (side_unusable(pd, read_side, ec)) return false;
+    if (side_unusable(pd, read_side, ec)) break;
     bool& ready = read_side ? pd->rready : pd->wready;
     if (ready) {
       ready = false;
+      pd->mu.unlock();
       return true;
     }
     (read_side ? pd->rg : pd->wg) = getg();
@@ -394,6 +410,8 @@ bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
     netpoll_waiters.fetch_sub(1, std::memory_order_relaxed);
     pd->mu.lock();
   }
+  pd->mu.unlock();
+  return false;
 }
 
 void epoll_dispatch(epoll_event* evs, int n, int& readied) {
@@ -506,7 +524,7 @@ int ms_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
       pd->accept_error = 0;
       return -1;
     }
-    if (deadline_passed(pd->rd)) {
+    if (deadline_passed(pd->rd.load(std::memory_order_relaxed))) {
       ec = std::make_error_code(std::errc::timed_out);
       return -1;
     }
@@ -543,7 +561,7 @@ void deadline_fire(timer* t, void* arg, std::int64_t now) {
   auto* pd = static_cast<poll_desc*>(arg);
   const bool read_side = t == &pd->rt;
   pd->mu.lock();
-  std::int64_t d = read_side ? pd->rd : pd->wd;
+  std::int64_t d = (read_side ? pd->rd : pd->wd).load(std::memory_order_relaxed);
   g* gp = nullptr;
   if (d != 0 && d <= now) gp = interrupt_side(pd, read_side);
   pd->mu.unlock();
@@ -758,7 +776,8 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   pd->rready = pd->wready = false;
   pd->rg = pd->wg = nullptr;
   pd->rop = pd->wop = nullptr;
-  pd->rd = pd->wd = 0;
+  pd->rd.store(0, std::memory_order_relaxed);
+  pd->wd.store(0, std::memory_order_relaxed);
   pd->ms_armed = false;
   pd->ms_ring = nullptr;
   pd->accept_waiter = nullptr;
@@ -840,7 +859,7 @@ bool pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
     timer& t = read_side ? pd->rt : pd->wt;
     if (del_timer(&t)) pd_unref(pd);
     pd->mu.lock();
-    (read_side ? pd->rd : pd->wd) = deadline;
+    (read_side ? pd->rd : pd->wd).store(deadline, std::memory_order_relaxed);
     g* gp = nullptr;
     if (deadline != 0 && deadline <= platform::nanotime()) {
       gp = interrupt_side(pd, read_side);  // already passed: fail the waiter now
@@ -884,8 +903,8 @@ std::error_code errno_code(int e) { return {e, std::generic_category()}; }
 std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec) {
   ec.clear();
   return with_side(pd, true, ec, std::size_t{0}, [&]() -> std::size_t {
-    std::lock_guard lock(pd->mu);
     if (g_kind == netpoll_backend::uring) {
+      std::lock_guard lock(pd->mu);
       uring_op op;
       op.kind = op_kind::read;
       op.buf = buf;
@@ -895,7 +914,7 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
       return static_cast<std::size_t>(res);
     }
     for (;;) {
-      if (side_unusable(pd, true, ec)) return 0;
+      if (side_unusable(pd, true, ec, false)) return 0;
       ssize_t r = ::recv(pd->fd, buf, n, 0);
       if (r >= 0) return static_cast<std::size_t>(r);
       if (errno == EINTR) continue;
@@ -903,7 +922,6 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
         ec = errno_code(errno);
         return 0;
       }
-      pd->rready = false;
       if (!epoll_wait_ready(pd, true, ec)) return 0;
     }
   });
@@ -911,9 +929,10 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
 
 namespace {
 
-// One send's worth; pd->mu held on entry and exit.
-std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
+// One send's worth.
+std::size_t write_some(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
   if (g_kind == netpoll_backend::uring) {
+    std::lock_guard lock(pd->mu);
     uring_op op;
     op.kind = op_kind::write;
     op.buf = const_cast<void*>(buf);
@@ -923,7 +942,7 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
     return static_cast<std::size_t>(res);
   }
   for (;;) {
-    if (side_unusable(pd, false, ec)) return 0;
+    if (side_unusable(pd, false, ec, false)) return 0;
     ssize_t r = ::send(pd->fd, buf, n, MSG_NOSIGNAL);
     if (r >= 0) return static_cast<std::size_t>(r);
     if (errno == EINTR) continue;
@@ -931,7 +950,6 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
       ec = errno_code(errno);
       return 0;
     }
-    pd->wready = false;
     if (!epoll_wait_ready(pd, false, ec)) return 0;
   }
 }
@@ -945,10 +963,9 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
 std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
   ec.clear();
   return with_side(pd, false, ec, std::size_t{0}, [&]() -> std::size_t {
-    std::lock_guard lock(pd->mu);
     std::size_t done = 0;
     while (done < n) {
-      std::size_t k = write_locked(pd, static_cast<const char*>(buf) + done, n - done, ec);
+      std::size_t k = write_some(pd, static_cast<const char*>(buf) + done, n - done, ec);
       if (ec) break;
       if (k == 0) {  // no progress on a stream socket: not expected, but never spin
         ec = std::make_error_code(std::errc::io_error);
@@ -963,11 +980,12 @@ std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_c
 int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec) {
   ec.clear();
   return with_side(pd, true, ec, -1, [&]() -> int {
-    std::lock_guard lock(pd->mu);
     if (g_kind == netpoll_backend::uring && g_multishot_accept) {
+      std::lock_guard lock(pd->mu);
       return ms_accept(pd, addr, len, ec);
     }
     if (g_kind == netpoll_backend::uring) {
+      std::lock_guard lock(pd->mu);
       uring_op op;
       op.kind = op_kind::accept;
       op.addr = addr;
@@ -977,7 +995,7 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
       return res;
     }
     for (;;) {
-      if (side_unusable(pd, true, ec)) return -1;
+      if (side_unusable(pd, true, ec, false)) return -1;
       int fd = ::accept4(pd->fd, addr, len, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd >= 0) return fd;
       if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -985,7 +1003,6 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
         ec = errno_code(errno);
         return -1;
       }
-      pd->rready = false;
       if (!epoll_wait_ready(pd, true, ec)) return -1;
     }
   });
@@ -994,8 +1011,8 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
 void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_code& ec) {
   ec.clear();
   with_side(pd, false, ec, 0, [&]() -> int {
-    std::lock_guard lock(pd->mu);
     if (g_kind == netpoll_backend::uring) {
+      std::lock_guard lock(pd->mu);
       uring_op op;
       op.kind = op_kind::connect;
       op.caddr = addr;
@@ -1003,12 +1020,17 @@ void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_c
       uring_run(pd, op, false, ec);
       return 0;
     }
+    // An unconnected socket reports writable (and hung up) when registered:
+    // forget that before connecting, so that what sets the latch from here
+    // on is the connection's own progress.
+    pd->mu.lock();
+    pd->wready = false;
+    pd->mu.unlock();
     if (::connect(pd->fd, addr, len) == 0) return 0;
     if (errno != EINPROGRESS && errno != EINTR) {
       ec = errno_code(errno);
       return 0;
     }
-    pd->wready = false;
     for (;;) {
       if (!epoll_wait_ready(pd, false, ec)) return 0;
       int err = 0;
