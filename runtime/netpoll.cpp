@@ -186,6 +186,23 @@ void fd_decref(poll_desc* pd) {
   if (pd->fdref.fetch_sub(1, std::memory_order_acq_rel) == (fd_closed_bit | 1)) fd_destroy(pd);
 }
 
+// Readies gp: queued now, or (the poller) collected in out for its caller.
+void ready(g* gp, glist* out) {
+  if (!out) {
+    goready(gp, false);
+    return;
+  }
+  goready_mark(gp);
+  gp->schedlink = nullptr;
+  if (out->tail) {
+    out->tail->schedlink = gp;
+  } else {
+    out->head = gp;
+  }
+  out->tail = gp;
+  ++out->n;
+}
+
 // ---- io_uring ----------------------------------------------------------------
 
 ring_state* ring_of(p* pp) { return g_rings[static_cast<std::size_t>(pp->id)].get(); }
@@ -248,13 +265,14 @@ void drain_backlog(ring_state* r) {
   if (moved) r->ring.submit();
 }
 
-void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied);
+void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied,
+                        glist* out);
 
 // Reads completions and readies their goroutines, in batches.
 // wait: take the completion lock even if someone holds it. The poller must:
 // it has consumed the eventfd's count, so a completion that the holder's last
 // peek missed would otherwise stay unreaped with nothing left to wake anyone.
-int reap(ring_state* r, bool wait = false) {
+int reap(ring_state* r, bool wait = false, glist* out = nullptr) {
   if (wait) {
     r->cq_mu.lock();
   } else if (!r->cq_mu.try_lock()) {
@@ -271,7 +289,7 @@ int reap(ring_state* r, bool wait = false) {
           r->inflight.fetch_sub(1, std::memory_order_relaxed);
         }
         ms_accept_complete(reinterpret_cast<poll_desc*>(data & ~ms_tag), cqes[i]->res,
-                           cqes[i]->flags, readied);
+                           cqes[i]->flags, readied, out);
         continue;
       }
       auto* op = reinterpret_cast<uring_op*>(data);
@@ -279,7 +297,7 @@ int reap(ring_state* r, bool wait = false) {
       op->res = cqes[i]->res;
       g* gp = op->gp;  // op lives on gp's stack: read everything first
       r->inflight.fetch_sub(1, std::memory_order_relaxed);
-      goready(gp, false);
+      ready(gp, out);
       ++readied;
     }
     r->ring.advance(n);
@@ -414,7 +432,7 @@ bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
   return false;
 }
 
-void epoll_dispatch(epoll_event* evs, int n, int& readied) {
+void epoll_dispatch(epoll_event* evs, int n, int& readied, glist* out = nullptr) {
   for (int i = 0; i < n; ++i) {
     if (g_epoll->is_wake(evs[i])) continue;
     auto* pd = static_cast<poll_desc*>(evs[i].data.ptr);
@@ -434,11 +452,11 @@ void epoll_dispatch(epoll_event* evs, int n, int& readied) {
     }
     pd->mu.unlock();
     if (r) {
-      goready(r, false);
+      ready(r, out);
       ++readied;
     }
     if (w) {
-      goready(w, false);
+      ready(w, out);
       ++readied;
     }
   }
@@ -446,7 +464,8 @@ void epoll_dispatch(epoll_event* evs, int n, int& readied) {
 
 // ---- Multishot accept ------------------------------------------------------
 
-void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied) {
+void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied,
+                        glist* out) {
   pd->mu.lock();
   if (res >= 0) {
     if (pd->closing) {
@@ -466,7 +485,7 @@ void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, in
   pd->accept_waiter = nullptr;
   pd->mu.unlock();
   if (gp) {
-    goready(gp, false);
+    ready(gp, out);
     ++readied;
   }
   if (ended) pd_unref(pd);  // the armed request's reference
@@ -714,7 +733,7 @@ int netpoll_poll_now(p* pp) {
   return 0;
 }
 
-int netpoll_block(std::int64_t timeout_ns) {
+int netpoll_block(std::int64_t timeout_ns, glist& out) {
   if (g_kind == netpoll_backend::uring) {
     pollfd pfd{g_efd, POLLIN, 0};
     timespec ts{};
@@ -729,14 +748,14 @@ int netpoll_block(std::int64_t timeout_ns) {
     while (read(g_efd, &v, sizeof v) < 0 && errno == EINTR) {
     }
     int n = 0;
-    for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get(), true) : 0;
+    for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get(), true, &out) : 0;
     return n;
   }
   if (g_kind == netpoll_backend::epoll) {
     epoll_event evs[128];
     int n = g_epoll->wait(evs, 128, timeout_ns);
     int readied = 0;
-    epoll_dispatch(evs, n, readied);
+    epoll_dispatch(evs, n, readied, &out);
     return readied;
   }
   if (timeout_ns > 0) platform::usleep_thread(timeout_ns / 1000);

@@ -48,6 +48,7 @@
 namespace urge::runtime {
 
 struct p;
+struct g;
 
 enum class netpoll_backend { none, epoll, uring };
 
@@ -72,9 +73,19 @@ inline bool netpoll_has_waiters() {
 int netpoll_check_local(p* pp, bool flush);
 // Non-blocking poll (findrunnable, sysmon). Returns goroutines readied.
 int netpoll_poll_now(p* pp);
+// Goroutines made runnable but not yet queued, linked by schedlink (Go's
+// gList as netpoll returns it).
+struct glist {
+  g* head = nullptr;
+  g* tail = nullptr;
+  int n = 0;
+};
 // The poller: blocks the calling M, which holds no P, until an I/O event, the
-// timeout (ns, -1 for ever) or netpoll_break. Readies what completed.
-int netpoll_block(std::int64_t timeout_ns);
+// timeout (ns, -1 for ever) or netpoll_break. What completed is marked
+// runnable and left in `out` for the caller to queue: it takes a P and runs
+// them itself where it can (Go's findrunnable), instead of queueing them
+// globally and waking another thread to run them while it goes to sleep.
+int netpoll_block(std::int64_t timeout_ns, glist& out);
 void netpoll_break();
 
 // ---- Descriptors (net.cpp) ------------------------------------------------
