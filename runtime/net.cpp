@@ -187,7 +187,7 @@ std::int64_t to_nanotime(std::chrono::steady_clock::time_point t) {
 }
 
 poll_desc* open_pd(int fd) {
-  std::error_code ec;
+  std::error_code ec;  // on failure fd is still ours
   poll_desc* pd = runtime::pd_open(fd, ec);
   if (!pd) {
     ::close(fd);
@@ -199,8 +199,17 @@ poll_desc* open_pd(int fd) {
   return pd;
 }
 
-void require_open(poll_desc* pd) {
-  if (!pd) throw std::system_error(closed_error(), "urge::net");
+// The socket, held open while f uses it (a close from another goroutine
+// closes it only after f); f is not called once the descriptor is closed.
+template <class F>
+auto with_fd(poll_desc* pd, F&& f) {
+  const int fd = pd ? runtime::pd_fd_acquire(pd) : -1;
+  if (fd < 0) throw std::system_error(closed_error(), "urge::net");
+  struct release {
+    poll_desc* pd;
+    ~release() { runtime::pd_fd_release(pd); }
+  } r{pd};
+  return f(fd);
 }
 
 }  // namespace
@@ -209,7 +218,7 @@ void require_open(poll_desc* pd) {
 
 conn& conn::operator=(conn&& o) noexcept {
   if (this != &o) {
-    close();
+    reset();
     pd_ = o.pd_;
     o.pd_ = nullptr;
   }
@@ -252,56 +261,80 @@ std::size_t conn::write(std::span<const std::byte> buf) {
   return n;
 }
 
+namespace {
+
+void set_deadline_or_throw(poll_desc* pd, char mode, std::chrono::steady_clock::time_point t) {
+  if (!pd || !runtime::pd_set_deadline(pd, mode, to_nanotime(t))) {
+    throw std::system_error(closed_error(), "urge::net: set deadline");
+  }
+}
+
+// native_handle: the number, or -1 when closed. Only a snapshot: the caller
+// races with a close from another goroutine as it would with Go's Fd().
+int snapshot_fd(poll_desc* pd) {
+  const int fd = pd ? runtime::pd_fd_acquire(pd) : -1;
+  if (fd >= 0) runtime::pd_fd_release(pd);
+  return fd;
+}
+
+}  // namespace
+
 void conn::set_deadline(std::chrono::steady_clock::time_point t) {
-  require_open(pd_);
-  runtime::pd_set_deadline(pd_, 'b', to_nanotime(t));
+  set_deadline_or_throw(pd_, 'b', t);
 }
 
 void conn::set_read_deadline(std::chrono::steady_clock::time_point t) {
-  require_open(pd_);
-  runtime::pd_set_deadline(pd_, 'r', to_nanotime(t));
+  set_deadline_or_throw(pd_, 'r', t);
 }
 
 void conn::set_write_deadline(std::chrono::steady_clock::time_point t) {
-  require_open(pd_);
-  runtime::pd_set_deadline(pd_, 'w', to_nanotime(t));
+  set_deadline_or_throw(pd_, 'w', t);
 }
 
 void conn::close() noexcept {
+  if (pd_) runtime::pd_close(pd_);
+}
+
+void conn::reset() noexcept {
   if (!pd_) return;
   runtime::pd_close(pd_);
   runtime::pd_release(pd_);
   pd_ = nullptr;
 }
 
+conn::operator bool() const { return pd_ && !runtime::pd_closed(pd_); }
+
 void conn::close_write() {
-  require_open(pd_);
-  if (::shutdown(runtime::pd_fd(pd_), SHUT_WR) != 0) throw_errno(errno, "shutdown");
+  with_fd(pd_, [](int fd) {
+    if (::shutdown(fd, SHUT_WR) != 0) throw_errno(errno, "shutdown");
+  });
 }
 
 std::string conn::local_address() const {
-  require_open(pd_);
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  getsockname(runtime::pd_fd(pd_), reinterpret_cast<sockaddr*>(&ss), &len);
-  return format(ss, len);
+  return with_fd(pd_, [](int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    return format(ss, len);
+  });
 }
 
 std::string conn::remote_address() const {
-  require_open(pd_);
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  getpeername(runtime::pd_fd(pd_), reinterpret_cast<sockaddr*>(&ss), &len);
-  return format(ss, len);
+  return with_fd(pd_, [](int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    return format(ss, len);
+  });
 }
 
-int conn::native_handle() const { return pd_ ? runtime::pd_fd(pd_) : -1; }
+int conn::native_handle() const { return snapshot_fd(pd_); }
 
 // ---- listener ----------------------------------------------------------------
 
 listener& listener::operator=(listener&& o) noexcept {
   if (this != &o) {
-    close();
+    reset();
     pd_ = o.pd_;
     unix_path_ = std::move(o.unix_path_);
     o.pd_ = nullptr;
@@ -324,7 +357,7 @@ conn listener::accept(std::error_code& ec) noexcept {
   }
   poll_desc* pd = runtime::pd_open(fd, ec);
   if (!pd) {
-    ::close(fd);
+    ::close(fd);  // still ours when pd_open fails
     return conn();
   }
   return conn(pd);
@@ -338,35 +371,43 @@ conn listener::accept() {
 }
 
 std::uint16_t listener::port() const {
-  require_open(pd_);
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  getsockname(runtime::pd_fd(pd_), reinterpret_cast<sockaddr*>(&ss), &len);
-  if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in&>(ss).sin_port);
-  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6&>(ss).sin6_port);
-  return 0;
+  return with_fd(pd_, [](int fd) -> std::uint16_t {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in&>(ss).sin_port);
+    if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6&>(ss).sin6_port);
+    return 0;
+  });
 }
 
 std::string listener::address() const {
-  require_open(pd_);
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  getsockname(runtime::pd_fd(pd_), reinterpret_cast<sockaddr*>(&ss), &len);
-  return format(ss, len);
+  return with_fd(pd_, [](int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    return format(ss, len);
+  });
 }
 
+// Only the close that closes the socket removes a unix socket's path: a
+// second close() racing with the first must not touch unix_path_.
 void listener::close() noexcept {
+  if (!pd_ || !runtime::pd_close(pd_)) return;
+  if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
+}
+
+void listener::reset() noexcept {
   if (!pd_) return;
-  runtime::pd_close(pd_);
+  close();
   runtime::pd_release(pd_);
   pd_ = nullptr;
-  if (!unix_path_.empty()) {
-    ::unlink(unix_path_.c_str());
-    unix_path_.clear();
-  }
+  unix_path_.clear();
 }
 
-int listener::native_handle() const { return pd_ ? runtime::pd_fd(pd_) : -1; }
+listener::operator bool() const { return pd_ && !runtime::pd_closed(pd_); }
+
+int listener::native_handle() const { return snapshot_fd(pd_); }
 
 listener listen(std::string_view network, std::string_view address) {
   std::vector<endpoint> eps = resolve(network, address, true);

@@ -98,19 +98,31 @@ std::error_code make_error_code(net_errc e) { return {static_cast<int>(e), net_c
 // event that raced with a close may still name it, and must find memory that
 // is a poll_desc; at worst it sets a readiness latch spuriously, and the
 // waiter retries its system call.
+//
+// Two counts keep it alive ("Closing" in netpoll.hpp). fdref is Go's fdMutex
+// reduced to what urge needs: a closed bit and the number of references to
+// the fd (the owner's while it is open, one per operation in progress); the
+// fd is closed when that count drops to zero after the bit is set. refs
+// counts references to the memory: the owner object, the open fd, each armed
+// deadline timer and an armed multishot accept; at zero the poll_desc goes
+// back to the free list.
 struct poll_desc {
   futex_mutex mu;
-  int fd = -1;
-  std::atomic<int> refs{0};        // owner + operations in progress + armed timers
-  bool closing = false;            // mu
+  int fd = -1;                     // -1 once closed; mu (read without it under an fdref)
+  std::atomic<std::uint32_t> fdref{0};
+  std::atomic<int> refs{0};
+  bool closing = false;            // mu; set with fdref's closed bit
+  g* close_waiter = nullptr;       // the goroutine in pd_close waiting for the fd to close; mu
   bool rready = false;             // epoll: readable since the last EAGAIN; mu
   bool wready = false;             // mu
   g* rg = nullptr;                 // epoll: the goroutine waiting to read; mu
   g* wg = nullptr;                 // mu
   uring_op* rop = nullptr;         // io_uring: the read-side request in flight; mu
   uring_op* wop = nullptr;         // mu
-  std::int64_t rd = 0;             // read deadline (nanotime), 0 for none; mu
-  std::int64_t wd = 0;             // mu
+  // Deadlines (nanotime, 0 for none): written under mu, read without it by
+  // an operation's first check.
+  std::atomic<std::int64_t> rd{0};
+  std::atomic<std::int64_t> wd{0};
   timer rt, wt;                    // the deadline timers
   urge::mutex rlock, wlock;        // one reader and one writer at a time (Go's fdMutex)
   // io_uring multishot accept (listeners): one request that keeps producing
@@ -125,6 +137,8 @@ struct poll_desc {
 
 namespace {
 
+constexpr std::uint32_t fd_closed_bit = 1u << 31;
+
 std::mutex g_pd_mu;
 poll_desc* g_pd_free = nullptr;
 
@@ -132,14 +146,61 @@ void pd_ref(poll_desc* pd) { pd->refs.fetch_add(1, std::memory_order_relaxed); }
 
 void pd_unref(poll_desc* pd) {
   if (pd->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (pd->fd >= 0) {
-    if (g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(pd->fd);
-    ::close(pd->fd);
-    pd->fd = -1;
-  }
   std::lock_guard lock(g_pd_mu);
   pd->free_next = g_pd_free;
   g_pd_free = pd;
+}
+
+// An operation's reference to the fd; false (take none) once closed.
+bool fd_incref(poll_desc* pd) {
+  std::uint32_t v = pd->fdref.load(std::memory_order_relaxed);
+  do {
+    if (v & fd_closed_bit) return false;
+  } while (!pd->fdref.compare_exchange_weak(v, v + 1, std::memory_order_acquire,
+                                            std::memory_order_relaxed));
+  return true;
+}
+
+// Closes the fd: the descriptor is closed and nobody names the fd any more.
+void fd_destroy(poll_desc* pd) {
+  pd->mu.lock();
+  const int fd = pd->fd;
+  pd->fd = -1;
+  // A multishot accept still in the kernel holds the socket open after our
+  // close, until its cancellation completes on whichever thread armed it. A
+  // TCP listener stops listening at shutdown, which frees its port at once.
+  const bool ms = pd->ms_armed;
+  g* waiter = pd->close_waiter;
+  pd->close_waiter = nullptr;
+  pd->mu.unlock();
+  if (fd >= 0) {
+    if (g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(fd);
+    if (ms) ::shutdown(fd, SHUT_RDWR);
+    ::close(fd);
+  }
+  if (waiter) goready(waiter, false);
+  pd_unref(pd);  // the open fd's reference
+}
+
+void fd_decref(poll_desc* pd) {
+  if (pd->fdref.fetch_sub(1, std::memory_order_acq_rel) == (fd_closed_bit | 1)) fd_destroy(pd);
+}
+
+// Readies gp: queued now, or (the poller) collected in out for its caller.
+void ready(g* gp, glist* out) {
+  if (!out) {
+    goready(gp, false);
+    return;
+  }
+  goready_mark(gp);
+  gp->schedlink = nullptr;
+  if (out->tail) {
+    out->tail->schedlink = gp;
+  } else {
+    out->head = gp;
+  }
+  out->tail = gp;
+  ++out->n;
 }
 
 // ---- io_uring ----------------------------------------------------------------
@@ -168,16 +229,16 @@ void queue_op_locked(ring_state* r, uring_op* op) {
   }
   switch (op->kind) {
     case op_kind::read:
-      io_uring_prep_recv(sqe, pd_fd(op->pd), op->buf, op->n, 0);
+      io_uring_prep_recv(sqe, op->pd->fd, op->buf, op->n, 0);
       break;
     case op_kind::write:
-      io_uring_prep_send(sqe, pd_fd(op->pd), op->buf, op->n, MSG_NOSIGNAL);
+      io_uring_prep_send(sqe, op->pd->fd, op->buf, op->n, MSG_NOSIGNAL);
       break;
     case op_kind::accept:
-      io_uring_prep_accept(sqe, pd_fd(op->pd), op->addr, op->addrlen, SOCK_CLOEXEC);
+      io_uring_prep_accept(sqe, op->pd->fd, op->addr, op->addrlen, SOCK_CLOEXEC);
       break;
     case op_kind::connect:
-      io_uring_prep_connect(sqe, pd_fd(op->pd), op->caddr, op->clen);
+      io_uring_prep_connect(sqe, op->pd->fd, op->caddr, op->clen);
       break;
   }
   io_uring_sqe_set_data(sqe, op);
@@ -204,13 +265,14 @@ void drain_backlog(ring_state* r) {
   if (moved) r->ring.submit();
 }
 
-void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied);
+void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied,
+                        glist* out);
 
 // Reads completions and readies their goroutines, in batches.
 // wait: take the completion lock even if someone holds it. The poller must:
 // it has consumed the eventfd's count, so a completion that the holder's last
 // peek missed would otherwise stay unreaped with nothing left to wake anyone.
-int reap(ring_state* r, bool wait = false) {
+int reap(ring_state* r, bool wait = false, glist* out = nullptr) {
   if (wait) {
     r->cq_mu.lock();
   } else if (!r->cq_mu.try_lock()) {
@@ -227,7 +289,7 @@ int reap(ring_state* r, bool wait = false) {
           r->inflight.fetch_sub(1, std::memory_order_relaxed);
         }
         ms_accept_complete(reinterpret_cast<poll_desc*>(data & ~ms_tag), cqes[i]->res,
-                           cqes[i]->flags, readied);
+                           cqes[i]->flags, readied, out);
         continue;
       }
       auto* op = reinterpret_cast<uring_op*>(data);
@@ -235,7 +297,7 @@ int reap(ring_state* r, bool wait = false) {
       op->res = cqes[i]->res;
       g* gp = op->gp;  // op lives on gp's stack: read everything first
       r->inflight.fetch_sub(1, std::memory_order_relaxed);
-      goready(gp, false);
+      ready(gp, out);
       ++readied;
     }
     r->ring.advance(n);
@@ -300,13 +362,15 @@ bool unlock_pd(g*, void* arg) {
 bool deadline_passed(std::int64_t d) { return d != 0 && d <= platform::nanotime(); }
 
 // The checks every operation makes before it waits, and again after each
-// wake-up: closed, or past the side's deadline. pd->mu held.
-bool side_unusable(poll_desc* pd, bool read_side, std::error_code& ec) {
-  if (pd->closing) {
+// wake-up: closed, or past the side's deadline. pd->mu held, or not: then
+// the closed bit stands for `closing` (it is set first), and a close or
+// deadline that comes later is seen under mu before the operation waits.
+bool side_unusable(poll_desc* pd, bool read_side, std::error_code& ec, bool locked = true) {
+  if (locked ? pd->closing : (pd->fdref.load(std::memory_order_acquire) & fd_closed_bit) != 0) {
     ec = make_error_code(net_errc::closed);
     return true;
   }
-  if (deadline_passed(read_side ? pd->rd : pd->wd)) {
+  if (deadline_passed((read_side ? pd->rd : pd->wd).load(std::memory_order_relaxed))) {
     ec = std::make_error_code(std::errc::timed_out);
     return true;
   }
@@ -337,13 +401,25 @@ std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_c
 
 // ---- epoll ----------------------------------------------------------------
 
-// Waits until the side is ready; pd->mu held on entry and exit.
+// The epoll side of an operation makes its system call without pd->mu (Go
+// holds no lock across read(2) either; the operation's fd reference keeps the
+// number valid), and takes mu only to wait after EAGAIN. Readiness is a
+// latch set by epoll_dispatch: an event that arrives between the EAGAIN and
+// the wait leaves it set and the operation retries instead of waiting; a
+// latch left over from an event whose data an earlier call already consumed
+// costs one more EAGAIN, not a lost wake-up. (Resetting the latch before
+// every call, as Go's prepareRead does, would cost a store per operation to
+// save that rare extra call.)
+//
+// Waits until the side may be ready again; pd->mu not held on entry or exit.
 bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
+  pd->mu.lock();
   for (;;) {
-    if (side_unusable(pd, read_side, ec)) return false;
+    if (side_unusable(pd, read_side, ec)) break;
     bool& ready = read_side ? pd->rready : pd->wready;
     if (ready) {
       ready = false;
+      pd->mu.unlock();
       return true;
     }
     (read_side ? pd->rg : pd->wg) = getg();
@@ -352,9 +428,11 @@ bool epoll_wait_ready(poll_desc* pd, bool read_side, std::error_code& ec) {
     netpoll_waiters.fetch_sub(1, std::memory_order_relaxed);
     pd->mu.lock();
   }
+  pd->mu.unlock();
+  return false;
 }
 
-void epoll_dispatch(epoll_event* evs, int n, int& readied) {
+void epoll_dispatch(epoll_event* evs, int n, int& readied, glist* out = nullptr) {
   for (int i = 0; i < n; ++i) {
     if (g_epoll->is_wake(evs[i])) continue;
     auto* pd = static_cast<poll_desc*>(evs[i].data.ptr);
@@ -374,11 +452,11 @@ void epoll_dispatch(epoll_event* evs, int n, int& readied) {
     }
     pd->mu.unlock();
     if (r) {
-      goready(r, false);
+      ready(r, out);
       ++readied;
     }
     if (w) {
-      goready(w, false);
+      ready(w, out);
       ++readied;
     }
   }
@@ -386,7 +464,8 @@ void epoll_dispatch(epoll_event* evs, int n, int& readied) {
 
 // ---- Multishot accept ------------------------------------------------------
 
-void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied) {
+void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied,
+                        glist* out) {
   pd->mu.lock();
   if (res >= 0) {
     if (pd->closing) {
@@ -406,7 +485,7 @@ void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, in
   pd->accept_waiter = nullptr;
   pd->mu.unlock();
   if (gp) {
-    goready(gp, false);
+    ready(gp, out);
     ++readied;
   }
   if (ended) pd_unref(pd);  // the armed request's reference
@@ -464,7 +543,7 @@ int ms_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
       pd->accept_error = 0;
       return -1;
     }
-    if (deadline_passed(pd->rd)) {
+    if (deadline_passed(pd->rd.load(std::memory_order_relaxed))) {
       ec = std::make_error_code(std::errc::timed_out);
       return -1;
     }
@@ -501,7 +580,7 @@ void deadline_fire(timer* t, void* arg, std::int64_t now) {
   auto* pd = static_cast<poll_desc*>(arg);
   const bool read_side = t == &pd->rt;
   pd->mu.lock();
-  std::int64_t d = read_side ? pd->rd : pd->wd;
+  std::int64_t d = (read_side ? pd->rd : pd->wd).load(std::memory_order_relaxed);
   g* gp = nullptr;
   if (d != 0 && d <= now) gp = interrupt_side(pd, read_side);
   pd->mu.unlock();
@@ -654,7 +733,7 @@ int netpoll_poll_now(p* pp) {
   return 0;
 }
 
-int netpoll_block(std::int64_t timeout_ns) {
+int netpoll_block(std::int64_t timeout_ns, glist& out) {
   if (g_kind == netpoll_backend::uring) {
     pollfd pfd{g_efd, POLLIN, 0};
     timespec ts{};
@@ -669,14 +748,14 @@ int netpoll_block(std::int64_t timeout_ns) {
     while (read(g_efd, &v, sizeof v) < 0 && errno == EINTR) {
     }
     int n = 0;
-    for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get(), true) : 0;
+    for (auto& r : g_rings) n += r->ring.ready() ? reap(r.get(), true, &out) : 0;
     return n;
   }
   if (g_kind == netpoll_backend::epoll) {
     epoll_event evs[128];
     int n = g_epoll->wait(evs, 128, timeout_ns);
     int readied = 0;
-    epoll_dispatch(evs, n, readied);
+    epoll_dispatch(evs, n, readied, &out);
     return readied;
   }
   if (timeout_ns > 0) platform::usleep_thread(timeout_ns / 1000);
@@ -709,12 +788,15 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   if (!pd) pd = new poll_desc;
   pd->mu.lock();
   pd->fd = fd;
-  pd->refs.store(1, std::memory_order_relaxed);
+  pd->fdref.store(1, std::memory_order_relaxed);  // the owner's, until pd_close
+  pd->refs.store(2, std::memory_order_relaxed);   // the owner object and the open fd
   pd->closing = false;
+  pd->close_waiter = nullptr;
   pd->rready = pd->wready = false;
   pd->rg = pd->wg = nullptr;
   pd->rop = pd->wop = nullptr;
-  pd->rd = pd->wd = 0;
+  pd->rd.store(0, std::memory_order_relaxed);
+  pd->wd.store(0, std::memory_order_relaxed);
   pd->ms_armed = false;
   pd->ms_ring = nullptr;
   pd->accept_waiter = nullptr;
@@ -726,6 +808,8 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
     fcntl(fd, F_SETFL, flags | O_NONBLOCK);
     if (int rc = g_epoll->add(fd, pd); rc != 0) {
       ec = std::error_code(-rc, std::generic_category());
+      pd->fd = -1;  // the caller keeps fd
+      pd->fdref.store(0, std::memory_order_relaxed);
       pd->refs.store(1, std::memory_order_relaxed);
       pd_unref(pd);
       return nullptr;
@@ -738,48 +822,55 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   return pd;
 }
 
-int pd_fd(poll_desc* pd) { return pd->fd; }
+int pd_fd_acquire(poll_desc* pd) { return fd_incref(pd) ? pd->fd : -1; }
 
-void pd_close(poll_desc* pd) {
-  g* r = nullptr;
-  g* w = nullptr;
+void pd_fd_release(poll_desc* pd) { fd_decref(pd); }
+
+bool pd_closed(poll_desc* pd) {
+  return pd->fdref.load(std::memory_order_acquire) & fd_closed_bit;
+}
+
+bool pd_close(poll_desc* pd) {
+  if (pd->fdref.fetch_or(fd_closed_bit, std::memory_order_acq_rel) & fd_closed_bit) return false;
+  // From here no operation takes a new reference. Those holding one are
+  // woken or cancelled below; each sees `closing` under mu before it would
+  // name the fd again, fails, and drops its reference.
   pd->mu.lock();
-  if (pd->closing) {
-    pd->mu.unlock();
-    return;
-  }
   pd->closing = true;
-  r = interrupt_side(pd, true);
-  w = interrupt_side(pd, false);
+  g* r = interrupt_side(pd, true);
+  g* w = interrupt_side(pd, false);
   ms_cancel(pd);
   for (int fd : pd->accepted) ::close(fd);
   pd->accepted.clear();
-  // Close the socket now, as Go's Close does, so that its address is free
-  // once close returns: waiting for the last reference could take until a
-  // multishot accept's final completion is reaped, or for ever if the run
-  // ends first. Safe: every operation checks `closing` under mu before it
-  // names the fd, and every request that names it is in the kernel by now
-  // (cancel_op and ms_cancel submit their rings), holding its own reference
-  // to the socket until its cancellation completes.
-  const int fd = pd->fd;
-  pd->fd = -1;
-  if (fd >= 0 && g_kind == netpoll_backend::epoll && g_epoll) g_epoll->del(fd);
-  // That reference keeps a listening socket bound after our close, until the
-  // cancellation has completed on whichever thread armed the request. A TCP
-  // listener stops listening at shutdown, which frees its port at once.
-  if (fd >= 0 && pd->ms_armed) ::shutdown(fd, SHUT_RDWR);
   pd->mu.unlock();
-  if (fd >= 0) ::close(fd);
   if (r) goready(r, false);
   if (w) goready(w, false);
   if (del_timer(&pd->rt)) pd_unref(pd);
   if (del_timer(&pd->wt)) pd_unref(pd);
+  // Drop the owner's reference to the fd; with operations still in progress
+  // the last of them closes it. As Go's Close, wait for that: callers expect
+  // the address to be free, and the peer to see the close, once close
+  // returns. The wait is short (the operations are failing already); off a
+  // goroutine (a conn destroyed outside run) there is nobody to park.
+  g* gp = getg();
+  if (gp) pd_ref(pd);  // pd must outlive the wait even if the owner drops it
+  fd_decref(pd);
+  if (!gp) return true;
+  pd->mu.lock();
+  if (pd->fd >= 0) {
+    pd->close_waiter = gp;
+    gopark(unlock_pd, pd, waitreason::semacquire);  // Go's runtime_Semacquire(&fd.csema)
+  } else {
+    pd->mu.unlock();
+  }
+  pd_unref(pd);
+  return true;
 }
 
 void pd_release(poll_desc* pd) { pd_unref(pd); }
 
-void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
-  pd_ref(pd);
+bool pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
+  if (!fd_incref(pd)) return false;
   for (int side = 0; side < 2; ++side) {
     const bool read_side = side == 0;
     if (read_side && mode == 'w') continue;
@@ -787,7 +878,7 @@ void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
     timer& t = read_side ? pd->rt : pd->wt;
     if (del_timer(&t)) pd_unref(pd);
     pd->mu.lock();
-    (read_side ? pd->rd : pd->wd) = deadline;
+    (read_side ? pd->rd : pd->wd).store(deadline, std::memory_order_relaxed);
     g* gp = nullptr;
     if (deadline != 0 && deadline <= platform::nanotime()) {
       gp = interrupt_side(pd, read_side);  // already passed: fail the waiter now
@@ -802,20 +893,25 @@ void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
     pd->mu.unlock();
     if (gp) goready(gp, false);
   }
-  pd_unref(pd);
+  fd_decref(pd);
+  return true;
 }
 
 namespace {
 
-// Common shape of an operation: hold a reference and the side's lock.
-template <class F>
-auto with_side(poll_desc* pd, bool read_side, F&& f) {
-  pd_ref(pd);
+// Common shape of an operation: hold a reference to the fd and the side's
+// lock; fail with `closed` without touching the fd once it is closed.
+template <class R, class F>
+R with_side(poll_desc* pd, bool read_side, std::error_code& ec, R failed, F&& f) {
+  if (!fd_incref(pd)) {
+    ec = make_error_code(net_errc::closed);
+    return failed;
+  }
   urge::mutex& side = read_side ? pd->rlock : pd->wlock;
   side.lock();
   auto r = f();
   side.unlock();
-  pd_unref(pd);
+  fd_decref(pd);
   return r;
 }
 
@@ -825,9 +921,9 @@ std::error_code errno_code(int e) { return {e, std::generic_category()}; }
 
 std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec) {
   ec.clear();
-  return with_side(pd, true, [&]() -> std::size_t {
-    std::lock_guard lock(pd->mu);
+  return with_side(pd, true, ec, std::size_t{0}, [&]() -> std::size_t {
     if (g_kind == netpoll_backend::uring) {
+      std::lock_guard lock(pd->mu);
       uring_op op;
       op.kind = op_kind::read;
       op.buf = buf;
@@ -837,7 +933,7 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
       return static_cast<std::size_t>(res);
     }
     for (;;) {
-      if (side_unusable(pd, true, ec)) return 0;
+      if (side_unusable(pd, true, ec, false)) return 0;
       ssize_t r = ::recv(pd->fd, buf, n, 0);
       if (r >= 0) return static_cast<std::size_t>(r);
       if (errno == EINTR) continue;
@@ -845,7 +941,6 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
         ec = errno_code(errno);
         return 0;
       }
-      pd->rready = false;
       if (!epoll_wait_ready(pd, true, ec)) return 0;
     }
   });
@@ -853,9 +948,10 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
 
 namespace {
 
-// One send's worth; pd->mu held on entry and exit.
-std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
+// One send's worth.
+std::size_t write_some(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
   if (g_kind == netpoll_backend::uring) {
+    std::lock_guard lock(pd->mu);
     uring_op op;
     op.kind = op_kind::write;
     op.buf = const_cast<void*>(buf);
@@ -865,7 +961,7 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
     return static_cast<std::size_t>(res);
   }
   for (;;) {
-    if (side_unusable(pd, false, ec)) return 0;
+    if (side_unusable(pd, false, ec, false)) return 0;
     ssize_t r = ::send(pd->fd, buf, n, MSG_NOSIGNAL);
     if (r >= 0) return static_cast<std::size_t>(r);
     if (errno == EINTR) continue;
@@ -873,7 +969,6 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
       ec = errno_code(errno);
       return 0;
     }
-    pd->wready = false;
     if (!epoll_wait_ready(pd, false, ec)) return 0;
   }
 }
@@ -886,11 +981,10 @@ std::size_t write_locked(poll_desc* pd, const void* buf, std::size_t n, std::err
 // must not let it be recycled under the writer).
 std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec) {
   ec.clear();
-  return with_side(pd, false, [&]() -> std::size_t {
-    std::lock_guard lock(pd->mu);
+  return with_side(pd, false, ec, std::size_t{0}, [&]() -> std::size_t {
     std::size_t done = 0;
     while (done < n) {
-      std::size_t k = write_locked(pd, static_cast<const char*>(buf) + done, n - done, ec);
+      std::size_t k = write_some(pd, static_cast<const char*>(buf) + done, n - done, ec);
       if (ec) break;
       if (k == 0) {  // no progress on a stream socket: not expected, but never spin
         ec = std::make_error_code(std::errc::io_error);
@@ -904,12 +998,13 @@ std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_c
 
 int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec) {
   ec.clear();
-  return with_side(pd, true, [&]() -> int {
-    std::lock_guard lock(pd->mu);
+  return with_side(pd, true, ec, -1, [&]() -> int {
     if (g_kind == netpoll_backend::uring && g_multishot_accept) {
+      std::lock_guard lock(pd->mu);
       return ms_accept(pd, addr, len, ec);
     }
     if (g_kind == netpoll_backend::uring) {
+      std::lock_guard lock(pd->mu);
       uring_op op;
       op.kind = op_kind::accept;
       op.addr = addr;
@@ -919,7 +1014,7 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
       return res;
     }
     for (;;) {
-      if (side_unusable(pd, true, ec)) return -1;
+      if (side_unusable(pd, true, ec, false)) return -1;
       int fd = ::accept4(pd->fd, addr, len, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd >= 0) return fd;
       if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -927,7 +1022,6 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
         ec = errno_code(errno);
         return -1;
       }
-      pd->rready = false;
       if (!epoll_wait_ready(pd, true, ec)) return -1;
     }
   });
@@ -935,9 +1029,9 @@ int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
 
 void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_code& ec) {
   ec.clear();
-  with_side(pd, false, [&]() -> int {
-    std::lock_guard lock(pd->mu);
+  with_side(pd, false, ec, 0, [&]() -> int {
     if (g_kind == netpoll_backend::uring) {
+      std::lock_guard lock(pd->mu);
       uring_op op;
       op.kind = op_kind::connect;
       op.caddr = addr;
@@ -945,12 +1039,17 @@ void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_c
       uring_run(pd, op, false, ec);
       return 0;
     }
+    // An unconnected socket reports writable (and hung up) when registered:
+    // forget that before connecting, so that what sets the latch from here
+    // on is the connection's own progress.
+    pd->mu.lock();
+    pd->wready = false;
+    pd->mu.unlock();
     if (::connect(pd->fd, addr, len) == 0) return 0;
     if (errno != EINPROGRESS && errno != EINTR) {
       ec = errno_code(errno);
       return 0;
     }
-    pd->wready = false;
     for (;;) {
       if (!epoll_wait_ready(pd, false, ec)) return 0;
       int err = 0;

@@ -24,6 +24,17 @@
 // with IORING_OP_ASYNC_CANCEL on the ring it was submitted to; the woken
 // goroutine sees why from the descriptor. Extending a deadline while a
 // request waits simply moves the timer.
+//
+// Closing (Go's fdMutex). A descriptor number is reused by the kernel as soon
+// as it is closed, so closing it while another goroutine is about to name it
+// in a system call or an io_uring request would send that call to whatever
+// file is opened next. Every operation therefore holds a reference to the fd
+// for as long as it may name it; close only marks the descriptor closed
+// (operations that start later fail without touching the fd), wakes or
+// cancels the waiters, and the fd is closed by whoever drops the last
+// reference. The poll_desc itself lives until its owner (the conn or
+// listener object) has released it as well, so an operation racing with
+// close always finds the descriptor it started with.
 #pragma once
 
 #include <sys/socket.h>
@@ -37,6 +48,7 @@
 namespace urge::runtime {
 
 struct p;
+struct g;
 
 enum class netpoll_backend { none, epoll, uring };
 
@@ -61,23 +73,42 @@ inline bool netpoll_has_waiters() {
 int netpoll_check_local(p* pp, bool flush);
 // Non-blocking poll (findrunnable, sysmon). Returns goroutines readied.
 int netpoll_poll_now(p* pp);
+// Goroutines made runnable but not yet queued, linked by schedlink (Go's
+// gList as netpoll returns it).
+struct glist {
+  g* head = nullptr;
+  g* tail = nullptr;
+  int n = 0;
+};
 // The poller: blocks the calling M, which holds no P, until an I/O event, the
-// timeout (ns, -1 for ever) or netpoll_break. Readies what completed.
-int netpoll_block(std::int64_t timeout_ns);
+// timeout (ns, -1 for ever) or netpoll_break. What completed is marked
+// runnable and left in `out` for the caller to queue: it takes a P and runs
+// them itself where it can (Go's findrunnable), instead of queueing them
+// globally and waking another thread to run them while it goes to sleep.
+int netpoll_block(std::int64_t timeout_ns, glist& out);
 void netpoll_break();
 
 // ---- Descriptors (net.cpp) ------------------------------------------------
 struct poll_desc;
 
 // Takes ownership of fd (a socket) and registers it. The fd is made
-// non-blocking for epoll and left blocking for io_uring.
+// non-blocking for epoll and left blocking for io_uring. On failure the
+// caller still owns fd.
 poll_desc* pd_open(int fd, std::error_code& ec);
-// Closes: wakes or cancels every waiter (they fail with net::errc closed) and
-// closes the fd before returning. Idempotent.
-void pd_close(poll_desc* pd);
-// Drops the owner's reference (after pd_close).
+// Closes, as Go's FD.Close: from then on every operation fails with net_errc
+// closed without touching the fd; waiters are woken (epoll) or their requests
+// cancelled (io_uring). The fd itself is closed once the last operation in
+// progress has let go of it; a goroutine calling pd_close waits for that, so
+// that the address is free when it returns. Returns false if the descriptor
+// was already closed (nothing done).
+bool pd_close(poll_desc* pd);
+// Drops the owner's reference to the poll_desc (after pd_close).
 void pd_release(poll_desc* pd);
-int pd_fd(poll_desc* pd);
+bool pd_closed(poll_desc* pd);
+// The fd, held open until pd_fd_release (an operation's reference); -1 once
+// closed, and then nothing to release.
+int pd_fd_acquire(poll_desc* pd);
+void pd_fd_release(poll_desc* pd);
 
 // pd_read: one system call's worth, like read(2): bytes moved, 0 at EOF.
 // pd_write: all of buf (fewer bytes only with ec set), as Go's Write.
@@ -85,8 +116,9 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
 std::size_t pd_write(poll_desc* pd, const void* buf, std::size_t n, std::error_code& ec);
 int pd_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec);
 void pd_connect(poll_desc* pd, const sockaddr* addr, socklen_t len, std::error_code& ec);
-// mode: 'r', 'w' or 'b' (both); deadline: nanotime, 0 for none.
-void pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline);
+// mode: 'r', 'w' or 'b' (both); deadline: nanotime, 0 for none. False if
+// the descriptor is closed.
+bool pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline);
 
 // The error of an operation on a closed descriptor ("use of closed network
 // connection", as Go's net.ErrClosed).

@@ -759,8 +759,7 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
 
-void goready(g* gp, bool next) {
-  preempt_off_scope no_preempt;
+void goready_mark(g* gp) {
   gstatus expect = gstatus::waiting;
   if (!gp->status.compare_exchange_strong(expect, gstatus::runnable, std::memory_order_acq_rel)) {
     char buf[96];
@@ -776,6 +775,12 @@ void goready(g* gp, bool next) {
   } else {
     URGE_USDT(go_unblock, gp->goid, 0);
   }
+}
+
+void goready(g* gp, bool next) {
+  preempt_off_scope no_preempt;
+  goready_mark(gp);
+  m* mp = getm();
   if (mp && mp->curp) {
     runqput(mp->curp, gp, next);
   } else {
@@ -927,22 +932,32 @@ top:
       sched->lock.unlock();
       // A timer already due is 0 (poll without blocking), not -1 (for ever).
       std::int64_t delay = until != 0 ? std::max<std::int64_t>(until - platform::nanotime(), 0) : -1;
+      glist ready;
       if (delay != 0) {
         mp->blocked = true;
-        netpoll_block(delay < 0 ? -1 : delay);  // readies what completed, globally
+        netpoll_block(delay < 0 ? -1 : delay, ready);
         mp->blocked = false;
       }
       sched->lock.lock();
       sched->timer_waiter = nullptr;
       sched->poll_until.store(0, std::memory_order_release);
-      if (sched->stopping.load(std::memory_order_relaxed)) {
-        sched->lock.unlock();
-        return nullptr;
-      }
-      p* idle = pidleget();
+      const bool stopping = sched->stopping.load(std::memory_order_relaxed);
+      p* idle = stopping ? nullptr : pidleget();
+      // With a P, this M runs what the poll readied (Go's findrunnable):
+      // queueing it globally and waking another M to run it while this one
+      // goes to sleep would cost two thread switches per wake-up. Without
+      // one, the busy Ps take it from the global queue.
+      if (!idle && ready.head) globrunqputbatch(ready.head, ready.tail, ready.n);
       sched->lock.unlock();
+      if (stopping) return nullptr;
       if (idle) {
         acquirep(mp, idle);
+        for (g* gp = ready.head; gp;) {
+          g* next = gp->schedlink;
+          runqput(idle, gp, false);
+          gp = next;
+        }
+        if (ready.n > 1) wakep();  // more than this M will run at once: another idle P may help
         goto top;
       }
       // Every P is busy; they will run their own timers.

@@ -279,6 +279,10 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason);
 // a goroutine, g0 or a timer callback; from a thread without a P it uses the
 // global queue. Go's goready.
 void goready(g* gp, bool next = true);
+// goready's first half: marks the parked goroutine runnable (and traces the
+// wake-up) without queueing it; the caller queues it (the network poller's
+// batch, see netpoll_block).
+void goready_mark(g* gp);
 
 // Cooperative preemption point: yields if sysmon asked this goroutine to.
 void check_preempt();

@@ -705,6 +705,203 @@ TEST_P(net_test, close_twice_and_destroy_are_harmless) {
   ::rmdir(dir);
 }
 
+// close() while several goroutines read and write the same conn (a peer
+// echoes, so every side keeps making progress until the close), and two
+// goroutines close it at once. Every operation either completes or fails with
+// closed_error(): none sees an error from a descriptor closed under it.
+TEST_P(net_test, close_races_with_reads_and_writes) {
+  run([] {
+    listener ln = urge::net::listen("tcp", "127.0.0.1:0");
+    const int rounds = slow() ? 15 : 60;
+    for (int round = 0; round < rounds; ++round) {
+      auto [c, s] = tcp_pair(ln);
+      urge::wait_group peer, wg;
+      spawn(peer, [&s] {
+        std::byte buf[4096];
+        std::error_code ec;
+        while (std::size_t n = s.read(buf, ec)) {
+          s.write(std::span(buf, n), ec);
+          if (ec) break;
+        }
+      });
+      // The closers start once traffic flows: after `start` operations.
+      const int start = 20 + (round % 7) * 15;
+      std::atomic<int> progress{0};
+      urge::semaphore go_close(0);
+      auto made_progress = [&progress, &go_close, start] {
+        if (progress.fetch_add(1) + 1 == start) go_close.release(2);
+      };
+      for (int k = 0; k < 3; ++k) {
+        spawn(wg, [&c, &made_progress] {
+          std::byte buf[48];
+          std::error_code ec;
+          while (c.read(buf, ec) > 0) made_progress();
+          // End of stream is impossible: the peer closes only after our close.
+          EXPECT_EQ(ec, urge::net::closed_error()) << "read: " << ec.message();
+        });
+        spawn(wg, [&c, &made_progress, k] {
+          std::byte msg[64];
+          std::memset(msg, 'a' + k, sizeof msg);
+          std::error_code ec;
+          while (c.write(msg, ec) == sizeof msg) made_progress();
+          EXPECT_EQ(ec, urge::net::closed_error()) << "write: " << ec.message();
+        });
+      }
+      for (int k = 0; k < 2; ++k) {
+        spawn(wg, [&c, &go_close] {
+          go_close.acquire();
+          c.close();
+          EXPECT_FALSE(c);
+          EXPECT_EQ(c.native_handle(), -1);
+        });
+      }
+      wg.wait();
+      peer.wait();  // the peer read end of stream: our socket is closed
+    }
+  });
+}
+
+// accept() on several goroutines while connections arrive and two
+// goroutines close the listener: every accept returns a connection or
+// closed_error(), and the address is free once close returns.
+TEST_P(net_test, close_races_with_accepts) {
+  run([] {
+    std::string addr;
+    const int rounds = slow() ? 10 : 40;
+    for (int round = 0; round < rounds; ++round) {
+      listener ln = urge::net::listen("tcp", addr.empty() ? "127.0.0.1:0" : addr);
+      addr = ln.address();
+      urge::wait_group wg, dialers;
+      // The closers start after a few accepts.
+      const int start = 1 + round % 5;
+      std::atomic<int> accepted{0};
+      urge::semaphore go_close(0);
+      for (int k = 0; k < 3; ++k) {
+        spawn(wg, [&ln, &accepted, &go_close, start] {
+          for (;;) {
+            std::error_code ec;
+            conn c = ln.accept(ec);
+            if (ec) {
+              EXPECT_EQ(ec, urge::net::closed_error()) << "accept: " << ec.message();
+              EXPECT_FALSE(c);
+              return;
+            }
+            if (accepted.fetch_add(1) + 1 == start) go_close.release(2);
+          }
+        });
+      }
+      std::atomic<bool> stop{false};
+      spawn(dialers, [&addr, &stop] {
+        while (!stop.load()) {
+          try {
+            conn c = urge::net::dial("tcp", addr);
+          } catch (const std::system_error&) {
+            return;  // refused once the listener is gone
+          }
+        }
+      });
+      for (int k = 0; k < 2; ++k) {
+        spawn(wg, [&ln, &go_close] {
+          go_close.acquire();
+          ln.close();
+          EXPECT_FALSE(ln);
+        });
+      }
+      wg.wait();
+      stop = true;
+      dialers.wait();
+    }
+  });
+}
+
+// After close() returns, the descriptor number is free and the kernel hands
+// it to the next open. Operations that were blocked on the conn when it
+// closed, and ones started later, must fail without touching that number:
+// here it becomes one end of a socketpair, which must neither receive the
+// late writes nor lose its data to the late reads.
+TEST_P(net_test, late_operations_never_touch_a_recycled_descriptor) {
+  run([] {
+    listener ln = urge::net::listen("tcp", "127.0.0.1:0");
+    auto [c, s] = tcp_pair(ln);
+    shrink_send_buffer(c);
+    const int old_fd = c.native_handle();
+    ASSERT_GE(old_fd, 0);
+    urge::wait_group wg;
+    urge::semaphore recycled(0);
+    constexpr int kEach = 3;
+    for (int k = 0; k < kEach; ++k) {
+      spawn(wg, [&c, &recycled] {
+        std::byte buf[64];
+        std::error_code ec;
+        EXPECT_EQ(c.read(buf, ec), 0u);  // the peer never writes
+        EXPECT_EQ(ec, urge::net::closed_error()) << ec.message();
+        recycled.acquire();
+        for (int i = 0; i < 3; ++i) {
+          EXPECT_EQ(c.read(buf, ec), 0u);
+          EXPECT_EQ(ec, urge::net::closed_error()) << ec.message();
+        }
+      });
+      spawn(wg, [&c, &recycled] {
+        std::vector<std::byte> big(4 << 20, std::byte{'W'});
+        std::error_code ec;
+        EXPECT_LT(c.write(big, ec), big.size());  // the peer does not read yet
+        EXPECT_EQ(ec, urge::net::closed_error()) << ec.message();
+        recycled.acquire();
+        for (int i = 0; i < 3; ++i) {
+          EXPECT_EQ(c.write(bytes("late"), ec), 0u);
+          EXPECT_EQ(ec, urge::net::closed_error()) << ec.message();
+        }
+      });
+    }
+    wait_io_parked(2);  // a reader and a writer in the poller (the others queue behind them)
+    c.close();
+    // Open until the number comes back; keep every pair open meanwhile.
+    std::vector<int> opened;
+    int victim = -1, victim_peer = -1;
+    for (int i = 0; i < 64 && victim < 0; ++i) {
+      int sv[2];
+      ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+      opened.insert(opened.end(), {sv[0], sv[1]});
+      if (sv[0] == old_fd || sv[1] == old_fd) {
+        victim = old_fd;
+        victim_peer = sv[0] == old_fd ? sv[1] : sv[0];
+      }
+    }
+    EXPECT_GE(victim, 0) << "descriptor " << old_fd << " still open after close() returned";
+    if (victim >= 0) {
+      ASSERT_EQ(::send(victim_peer, "mine", 4, MSG_NOSIGNAL), 4);
+    }
+    recycled.release(2 * kEach);
+    std::byte buf[64];
+    std::error_code ec;
+    EXPECT_EQ(c.read(buf, ec), 0u);
+    EXPECT_EQ(ec, urge::net::closed_error());
+    EXPECT_EQ(c.write(bytes("late"), ec), 0u);
+    EXPECT_EQ(ec, urge::net::closed_error());
+    expect_error([&] { c.close_write(); }, urge::net::closed_error(), "close_write after close");
+    expect_error([&] { (void)c.local_address(); }, urge::net::closed_error(), "local_address");
+    expect_error([&] { c.set_read_deadline(clk::now()); }, urge::net::closed_error(),
+                 "set_read_deadline");
+    EXPECT_EQ(c.native_handle(), -1);
+    wg.wait();
+    if (victim >= 0) {
+      char got[16];
+      EXPECT_EQ(::recv(victim_peer, got, sizeof got, MSG_DONTWAIT), -1)
+          << "a late write reached the recycled descriptor";
+      EXPECT_EQ(::recv(victim, got, sizeof got, MSG_DONTWAIT), 4)
+          << "a late read took data from the recycled descriptor";
+      int type = 0;
+      socklen_t len = sizeof type;
+      EXPECT_EQ(::getsockopt(victim, SOL_SOCKET, SO_DOMAIN, &type, &len), 0);
+      EXPECT_EQ(type, AF_UNIX);
+    }
+    for (int fd : opened) ::close(fd);
+    // The peer gets what was written before the close, then end of stream.
+    const std::string got = read_all(s);
+    EXPECT_EQ(got.find_first_not_of('W'), std::string::npos);
+  });
+}
+
 TEST_P(net_test, move_only_conn_passed_to_go) {
   run([] {
     listener ln = urge::net::listen("tcp", "127.0.0.1:0");

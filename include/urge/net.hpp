@@ -53,7 +53,7 @@ class conn {
   conn() = default;
   conn(conn&& o) noexcept : pd_(o.pd_) { o.pd_ = nullptr; }
   conn& operator=(conn&& o) noexcept;
-  ~conn() { close(); }
+  ~conn() { reset(); }
   conn(const conn&) = delete;
   conn& operator=(const conn&) = delete;
 
@@ -72,7 +72,10 @@ class conn {
   void set_read_deadline(std::chrono::steady_clock::time_point t);
   void set_write_deadline(std::chrono::steady_clock::time_point t);
 
-  // Closes the connection; harmless when already closed.
+  // Closes the connection; harmless when already closed. Operations in
+  // progress on other goroutines fail with closed_error(), and so does any
+  // started later: none of them touches the descriptor again, whatever the
+  // kernel hands its number to next.
   void close() noexcept;
   // Half-close: the peer reads end of stream; this side may still read.
   void close_write();
@@ -80,12 +83,16 @@ class conn {
   std::string local_address() const;   // "127.0.0.1:34567", "[::1]:80", "/tmp/s.sock"
   std::string remote_address() const;
   int native_handle() const;            // -1 when closed
-  explicit operator bool() const { return pd_ != nullptr; }
+  explicit operator bool() const;       // open: not closed, moved from or default-constructed
 
  private:
   friend class listener;
   friend conn dial(std::string_view, std::string_view, std::chrono::nanoseconds);
   explicit conn(runtime::poll_desc* pd) : pd_(pd) {}
+  void reset() noexcept;  // close, then let go of the descriptor
+  // Set at construction and kept until destruction or a move, not cleared by
+  // close(): a goroutine still using the conn must find the same (closed)
+  // descriptor, never a null pointer or a recycled one.
   runtime::poll_desc* pd_ = nullptr;
 };
 
@@ -97,7 +104,7 @@ class listener {
     o.pd_ = nullptr;
   }
   listener& operator=(listener&& o) noexcept;
-  ~listener() { close(); }
+  ~listener() { reset(); }
   listener(const listener&) = delete;
   listener& operator=(const listener&) = delete;
 
@@ -109,13 +116,14 @@ class listener {
   std::uint16_t port() const;  // the bound port (for "host:0"); 0 for unix
   std::string address() const;
   void close() noexcept;       // wakes a goroutine blocked in accept
-  int native_handle() const;
-  explicit operator bool() const { return pd_ != nullptr; }
+  int native_handle() const;             // -1 when closed
+  explicit operator bool() const;        // open
 
  private:
   friend listener listen(std::string_view, std::string_view);
-  runtime::poll_desc* pd_ = nullptr;
-  std::string unix_path_;  // removed on close
+  void reset() noexcept;
+  runtime::poll_desc* pd_ = nullptr;  // as conn's: kept until destruction or a move
+  std::string unix_path_;  // removed by the close() that closes the socket
 };
 
 // Throws std::system_error: a malformed address or unknown network names the
