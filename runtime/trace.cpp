@@ -157,10 +157,10 @@ struct tracer {
   std::uint64_t start_ticks = 0;  // what the buffers' deltas start from
   clock_pair start_pair;          // when events read the counter
   int gomaxprocs = 0;
-  std::unique_ptr<trace_buf[]> bufs;        // per P, then the global one last
-  std::unique_ptr<buffer_info[]> infos;     // likewise
-  futex_mutex lock;                         // guards the global buffer
-  std::atomic<std::uint64_t> dropped{0};    // events lost to a failed allocation
+  std::unique_ptr<trace_buf[]> bufs;      // per P, then the global one last
+  std::unique_ptr<buffer_info[]> infos;   // likewise
+  futex_mutex lock;                       // guards the global buffer
+  std::atomic<std::uint64_t> dropped{0};  // events lost to a failed allocation
 
   trace_buf& global() { return bufs[static_cast<std::size_t>(gomaxprocs)]; }
   buffer_info& global_info() { return infos[static_cast<std::size_t>(gomaxprocs)]; }
@@ -415,8 +415,8 @@ void merge(std::vector<std::vector<record>>& streams, Out out) {
       if ((best == SIZE_MAX || r.ts < streams[best][next[best]].ts) && mg.can_happen(r)) best = i;
     }
     if (earliest == SIZE_MAX) return;
-    if (best == SIZE_MAX || streams[best][next[best]].ts - streams[earliest][next[earliest]].ts >
-                                hold_limit_ns) {
+    if (best == SIZE_MAX ||
+        streams[best][next[best]].ts - streams[earliest][next[earliest]].ts > hold_limit_ns) {
       best = earliest;
     }
     record r = streams[best][next[best]++];
@@ -545,8 +545,8 @@ void trace_start() {
   trace_use_counter = counter_is_usable();
   if (trace_use_counter) t->start_pair = read_pair();
   t->start_ns = trace_use_counter ? t->start_pair.ns : platform::nanotime();
-  t->start_ticks = static_cast<std::uint64_t>(trace_use_counter ? t->start_pair.counter
-                                                                : t->start_ns);
+  t->start_ticks =
+      static_cast<std::uint64_t>(trace_use_counter ? t->start_pair.counter : t->start_ns);
   for (std::size_t i = 0; i < nbufs; ++i) t->bufs[i].last = t->start_ticks;
   trace_bufs = t->bufs.get();
   g_tracer = t;

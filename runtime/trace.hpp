@@ -187,8 +187,7 @@ __attribute__((always_inline)) inline bool trace_encode(trace_buf& buf, std::int
       buf.last = now;
     }
   }
-  buf.switching =
-      ev == trace_ev::go_block || ev == trace_ev::go_preempt || ev == trace_ev::go_end;
+  buf.switching = ev == trace_ev::go_block || ev == trace_ev::go_preempt || ev == trace_ev::go_end;
   *pos++ = static_cast<std::uint8_t>(ev);
   pos = trace_put_uvarint(pos, dt);
   pos = trace_put_uvarint(pos, a);
@@ -236,31 +235,31 @@ void trace_stop();
 #define URGE_TRACE_ENABLED() false
 #endif
 
-#define URGE_TRACE_EVENT_M(mp, name, a, b)                                                     \
-  do {                                                                                         \
-    URGE_USDT(name, a, b);                                                                     \
-    if (URGE_TRACE_ENABLED()) {                                                                \
-      ::urge::runtime::trace_emit_m(mp, ::urge::runtime::trace_ev::name,                       \
+#define URGE_TRACE_EVENT_M(mp, name, a, b)                                                         \
+  do {                                                                                             \
+    URGE_USDT(name, a, b);                                                                         \
+    if (URGE_TRACE_ENABLED()) {                                                                    \
+      ::urge::runtime::trace_emit_m(mp, ::urge::runtime::trace_ev::name,                           \
                                     static_cast<std::uint64_t>(a), static_cast<std::uint64_t>(b)); \
-    }                                                                                          \
+    }                                                                                              \
   } while (0)
 
 #define URGE_TRACE_EVENT(name, a, b) URGE_TRACE_EVENT_M(::urge::runtime::getm(), name, a, b)
 
 // go_start made by switch_away, right after the go_block or go_preempt of
 // the goroutine it leaves: shares that event's time.
-#define URGE_TRACE_SWITCH_START(mp, goid, pid)                                         \
-  do {                                                                                 \
-    URGE_USDT(go_start, goid, pid);                                                    \
-    if (URGE_TRACE_ENABLED()) {                                                        \
-      ::urge::runtime::trace_emit_m(mp, ::urge::runtime::trace_ev::go_start,           \
-                                    static_cast<std::uint64_t>(goid),                  \
-                                    static_cast<std::uint64_t>(pid), /*share=*/true);  \
-    }                                                                                  \
+#define URGE_TRACE_SWITCH_START(mp, goid, pid)                                        \
+  do {                                                                                \
+    URGE_USDT(go_start, goid, pid);                                                   \
+    if (URGE_TRACE_ENABLED()) {                                                       \
+      ::urge::runtime::trace_emit_m(mp, ::urge::runtime::trace_ev::go_start,          \
+                                    static_cast<std::uint64_t>(goid),                 \
+                                    static_cast<std::uint64_t>(pid), /*share=*/true); \
+    }                                                                                 \
   } while (0)
 
-#define URGE_TRACE_GO_CREATE(gp)                                                     \
-  do {                                                                               \
-    URGE_USDT(go_create, (gp)->goid, (gp)->parent_goid);                             \
-    if (URGE_TRACE_ENABLED()) ::urge::runtime::trace_go_create(gp);                  \
+#define URGE_TRACE_GO_CREATE(gp)                                    \
+  do {                                                              \
+    URGE_USDT(go_create, (gp)->goid, (gp)->parent_goid);            \
+    if (URGE_TRACE_ENABLED()) ::urge::runtime::trace_go_create(gp); \
   } while (0)
