@@ -322,32 +322,72 @@ struct decoder {
   }
 };
 
-// A buffer's events, in its order, with counter ticks in ts.
-std::vector<record> decode(const tracer* t, const buffer_info& info, int owner) {
-  std::vector<record> out;
-  std::uint64_t ticks = t->start_ticks;
+// Counter ticks to CLOCK_MONOTONIC nanoseconds, on the line through the
+// start and stop pairs (monotonic, so the order by time is kept).
+struct timebase {
+  bool counter = false;  // ticks are the counter's, else nanoseconds already
+  clock_pair start;
+  double ns_per_tick = 1.0;
+  std::int64_t lo = 0, hi = 0;  // the trace's span
+
+  std::int64_t ns(std::uint64_t ticks) const {
+    if (!counter) return static_cast<std::int64_t>(ticks);
+    std::int64_t d = static_cast<std::int64_t>(ticks - static_cast<std::uint64_t>(start.counter));
+    return std::clamp(start.ns + static_cast<std::int64_t>(static_cast<double>(d) * ns_per_tick),
+                      lo, hi);
+  }
+};
+
+// Reads a buffer's events in its order, one at a time (decoded as the merge
+// goes: the file's 32-byte records of a long trace would take several times
+// the buffers' memory).
+struct stream {
+  const chunk* c;
+  decoder d{nullptr, nullptr};
+  std::uint64_t ticks;
   std::int32_t mid = -1;
-  for (const chunk* c = info.head; c; c = c->next) {
-    decoder d{c->data, c->data + c->used};
-    while (d.ok && d.pos < d.end) {
+  int owner;
+  const timebase* tb;
+  record head{};
+  bool has = false;
+
+  stream(const buffer_info& info, std::uint64_t start_ticks, int owner_, const timebase* tb_)
+      : c(info.head), ticks(start_ticks), owner(owner_), tb(tb_) {
+    if (c) d = {c->data, c->data + c->used};
+    next();
+  }
+
+  // Decodes the next event into head; has says whether there was one.
+  void next() {
+    for (;;) {
+      while (c && !(d.ok && d.pos < d.end)) {
+        c = c->next;
+        if (c) d = {c->data, c->data + c->used};
+      }
+      if (!c) {
+        has = false;
+        return;
+      }
       std::uint8_t tag = *d.pos++;
       if (tag == 0) {
         mid = static_cast<std::int32_t>(static_cast<std::int64_t>(d.uvarint()) - 1);
         continue;
       }
-      record r{};
       ticks += d.uvarint();
-      r.ts = static_cast<std::int64_t>(ticks);
-      r.a = d.uvarint();
-      r.b = d.uvarint();
-      r.p = static_cast<std::int16_t>(owner);
-      r.ev = tag;
-      r.m = mid;
-      if (d.ok) out.push_back(r);
+      head.ts = tb->ns(ticks);
+      head.a = d.uvarint();
+      head.b = d.uvarint();
+      head.p = static_cast<std::int16_t>(owner);
+      head.ev = tag;
+      head.reserved = 0;
+      head.m = mid;
+      if (d.ok) {
+        has = true;
+        return;
+      }
     }
   }
-  return out;
-}
+};
 
 // The goroutine states the merge needs (see "Merging").
 enum class gstate : std::uint8_t { unknown, running, blocked, other };
@@ -401,25 +441,22 @@ constexpr std::int64_t hold_limit_ns = 10'000;
 // Merges the buffers' events (each sorted by time) into one sequence sorted
 // by time that respects the goroutines' transitions; calls out(record) for each.
 template <class Out>
-void merge(std::vector<std::vector<record>>& streams, Out out) {
+void merge(std::vector<stream>& streams, Out out) {
   merger mg;
-  std::vector<std::size_t> next(streams.size(), 0);
   std::int64_t last_ts = INT64_MIN;
   for (;;) {
     // The earliest head that can happen, else the earliest head.
-    std::size_t best = SIZE_MAX, earliest = SIZE_MAX;
-    for (std::size_t i = 0; i < streams.size(); ++i) {
-      if (next[i] == streams[i].size()) continue;
-      const record& r = streams[i][next[i]];
-      if (earliest == SIZE_MAX || r.ts < streams[earliest][next[earliest]].ts) earliest = i;
-      if ((best == SIZE_MAX || r.ts < streams[best][next[best]].ts) && mg.can_happen(r)) best = i;
+    stream* best = nullptr;
+    stream* earliest = nullptr;
+    for (stream& st : streams) {
+      if (!st.has) continue;
+      if (!earliest || st.head.ts < earliest->head.ts) earliest = &st;
+      if ((!best || st.head.ts < best->head.ts) && mg.can_happen(st.head)) best = &st;
     }
-    if (earliest == SIZE_MAX) return;
-    if (best == SIZE_MAX ||
-        streams[best][next[best]].ts - streams[earliest][next[earliest]].ts > hold_limit_ns) {
-      best = earliest;
-    }
-    record r = streams[best][next[best]++];
+    if (!earliest) return;
+    if (!best || best->head.ts - earliest->head.ts > hold_limit_ns) best = earliest;
+    record r = best->head;
+    best->next();
     r.ts = std::max(r.ts, last_ts);
     last_ts = r.ts;
     mg.happened(r);
@@ -566,36 +603,34 @@ void trace_stop() {
   g_tracer = nullptr;
   trace_bufs = nullptr;
   std::int64_t end_ns = platform::nanotime();
-  // Counter values to nanoseconds, on the line through the start and stop
-  // pairs (monotonic, so the order by time is kept).
-  double ns_per_tick = 1.0;
+  timebase tb;
+  tb.counter = trace_use_counter;
   if (trace_use_counter) {
     clock_pair end_pair = read_pair();
     end_ns = end_pair.ns;
     std::int64_t ticks = end_pair.counter - t->start_pair.counter;
-    ns_per_tick = ticks > 0 ? static_cast<double>(end_pair.ns - t->start_pair.ns) / ticks : 0.0;
+    tb.start = t->start_pair;
+    tb.ns_per_tick =
+        ticks > 0 ? static_cast<double>(end_pair.ns - t->start_pair.ns) / static_cast<double>(ticks)
+                  : 0.0;
   }
-  auto to_ns = [&](std::int64_t counter) {
-    if (!trace_use_counter) return counter;
-    std::int64_t ns = t->start_pair.ns +
-                      static_cast<std::int64_t>((counter - t->start_pair.counter) * ns_per_tick);
-    return std::clamp(ns, t->start_ns, end_ns);
-  };
+  tb.lo = t->start_ns;
+  tb.hi = end_ns;
 
-  // Each buffer's events in its order (the global buffer's owner is -1),
-  // then merged by time.
+  // Each buffer in its own order (the global one's owner is -1); counted
+  // first, for the header.
   auto nbufs = static_cast<std::size_t>(t->gomaxprocs) + 1;
-  std::vector<std::vector<record>> streams;
   std::uint64_t nevents = 0;
   for (std::size_t i = 0; i < nbufs; ++i) {
-    trace_buf& buf = t->bufs[i];
     buffer_info& info = t->infos[i];
-    if (info.tail) info.tail->used = static_cast<std::size_t>(buf.pos - info.tail->data);
-    int owner = i == nbufs - 1 ? -1 : static_cast<int>(i);
-    streams.push_back(decode(t, info, owner));
-    free_chunks(info);
-    for (record& r : streams.back()) r.ts = to_ns(r.ts);
-    nevents += streams.back().size();
+    if (info.tail) info.tail->used = static_cast<std::size_t>(t->bufs[i].pos - info.tail->data);
+    for (stream st(info, t->start_ticks, 0, &tb); st.has; st.next()) ++nevents;
+  }
+  std::vector<stream> streams;
+  streams.reserve(nbufs);
+  for (std::size_t i = 0; i < nbufs; ++i) {
+    streams.emplace_back(t->infos[i], t->start_ticks, i == nbufs - 1 ? -1 : static_cast<int>(i),
+                         &tb);
   }
 
   std::vector<goinfo> gos;
@@ -658,6 +693,7 @@ void trace_stop() {
     if (block.size() == block.capacity()) flush();
   });
   flush();
+  for (std::size_t i = 0; i < nbufs; ++i) free_chunks(t->infos[i]);
   ok = ok && std::fwrite(table.data(), 1, table.size(), t->file) == table.size();
   ok = std::fclose(t->file) == 0 && ok;
   if (!ok) {
