@@ -513,8 +513,14 @@ static std::int64_t earliest_timer() {
 
 // Makes gp the running goroutine of mp. inherit: it came from runnext and
 // keeps the time slice, so the tick sysmon watches does not advance.
-__attribute__((always_inline)) inline static void prepare_execute(m* mp, p* pp, g* gp, bool inherit) {
-  URGE_TRACE_EVENT(go_start, gp->goid, pp->id);
+// switching: called by switch_away (for the trace: see trace.hpp).
+__attribute__((always_inline)) inline static void prepare_execute(m* mp, p* pp, g* gp, bool inherit,
+                                                                  bool switching = false) {
+  if (switching) {
+    URGE_TRACE_SWITCH_START(mp, gp->goid, pp->id);
+  } else {
+    URGE_TRACE_EVENT_M(mp, go_start, gp->goid, pp->id);
+  }
   gp->status.store(gstatus::running, std::memory_order_relaxed);
   gp->curm = mp;
   gp->preempt.store(false, std::memory_order_relaxed);
@@ -625,6 +631,7 @@ static void run_pending_slow(m* mp, after_switch act) {
       if (mp->pending_unlock) {
         if (!mp->pending_unlock(gp, mp->pending_arg)) {
           // The park was called off (the awaited event already happened).
+          URGE_TRACE_EVENT_M(mp, go_unblock, gp->goid, 0);
           gp->status.store(gstatus::runnable, std::memory_order_release);
           runqput(mp->curp, gp, true);
         }
@@ -712,7 +719,7 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
   }
   arch::context* to;
   if (next) {
-    prepare_execute(mp, pp, next, inherit);
+    prepare_execute(mp, pp, next, inherit, /*switching=*/true);
     to = &next->ctx;
   } else {
     mp->curg.store(nullptr, std::memory_order_relaxed);
@@ -733,7 +740,7 @@ static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, voi
 
 void gopark_locked_to_m() {
   g* gp = getg();
-  URGE_TRACE_EVENT(go_preempt, gp->goid, 1);
+  URGE_TRACE_EVENT_M(gp->curm, go_preempt, gp->goid, 1);
   switch_away(gp, gp->curm, after_switch::ready_locked);
 }
 
@@ -754,7 +761,7 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   } else {
     gp->waitsince = coarse_nanotime();
   }
-  URGE_TRACE_EVENT(go_block, gp->goid, static_cast<int>(reason));
+  URGE_TRACE_EVENT_M(gp->curm, go_block, gp->goid, static_cast<int>(reason));
   gp->status.store(gstatus::waiting, std::memory_order_release);
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
@@ -769,9 +776,9 @@ void goready_mark(g* gp) {
   }
   gp->reason = waitreason::zero;
   m* mp = getm();
-  if (trace_on) {
+  if (URGE_TRACE_ENABLED()) {
     g* by = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
-    URGE_TRACE_EVENT(go_unblock, gp->goid, by ? by->goid : 0);
+    URGE_TRACE_EVENT_M(mp, go_unblock, gp->goid, by ? by->goid : 0);
   } else {
     URGE_USDT(go_unblock, gp->goid, 0);
   }
@@ -791,7 +798,7 @@ void goready(g* gp, bool next) {
 }
 
 static void gosched_global(g* gp) {
-  URGE_TRACE_EVENT(go_preempt, gp->goid, 0);
+  URGE_TRACE_EVENT_M(gp->curm, go_preempt, gp->goid, 0);
   switch_away(gp, gp->curm, after_switch::ready_global);
 }
 
@@ -1104,7 +1111,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 }
 
 [[noreturn]] static void goexit(g* gp) {
-  URGE_TRACE_EVENT(go_end, gp->goid, 0);
+  URGE_TRACE_EVENT_M(gp->curm, go_end, gp->goid, 0);
   gp->status.store(gstatus::dead, std::memory_order_release);
   sched->ngoroutines.fetch_sub(1, std::memory_order_relaxed);
   switch_away(gp, gp->curm, after_switch::exit);

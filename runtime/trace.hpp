@@ -1,14 +1,22 @@
 // Scheduler event tracing: USDT probes and the execution tracer.
 //
-// Every event site calls URGE_TRACE_EVENT(name, a, b). It expands to
+// Every event site calls URGE_TRACE_EVENT(name, a, b), or URGE_TRACE_EVENT_M
+// (mp, name, a, b) where the emitting M is at hand. It expands to
 //  - a USDT probe (sys/sdt.h) in provider "urge": a nop until perf or
 //    bpftrace attaches (`perf record -e sdt_urge:go_create`), and
 //  - when URGE_TRACE=file was set at run(), a record in the current P's
-//    buffer with a nanosecond timestamp (trace.cpp), written to the file when
-//    the runtime stops and converted by tools/urge-trace.
-// When tracing is off the cost is one predictable branch on a global.
+//    buffer stamped with the CPU's counter (trace.cpp), turned into the file
+//    (nanoseconds, merged by time) when the runtime stops and converted by
+//    tools/urge-trace.
+// When tracing is off the cost is one predictable branch on a global; the
+// recording code sits out of the hot path's way (__builtin_expect puts it at
+// the end of the function). When it is on, an event made by an M with a P is
+// written inline, with no call, no lock and no atomic: see "Recording" below.
 // Goroutine creation uses URGE_TRACE_GO_CREATE(gp), which also notes the
 // goroutine's entry function and creation site for the file's name table.
+//
+// Building with -DURGE_TRACE_SITES=0 compiles every site out (no probe, no
+// branch): the yardstick for what the sites cost when tracing is off.
 //
 // Events and their arguments:
 //   go_create   new goroutine id, creating goroutine id
@@ -20,7 +28,12 @@
 //   steal       thief P id, victim P id
 //   syscall_enter / syscall_exit   goroutine id, P id
 // A goroutine that yields emits no event of its own: the next go_start on its
-// P ends its run (it went back to the run queue).
+// P ends its run (it went back to the run queue). A go_start made by the
+// switch that parks, preempts or ends the previous goroutine (switch_away)
+// takes that go_block's, go_preempt's or go_end's time instead of reading the clock again: the
+// two are tens of nanoseconds apart, and one clock read is most of an event's
+// cost. An unbuffered channel round trip therefore reads the clock four times
+// for its six events (per side: go_unblock; go_block + go_start).
 //
 // The trace file (URGE_TRACE=path; written by trace_stop, i.e. when run()
 // returns; a later run() in the same process overwrites it). All integers are
@@ -56,7 +69,19 @@
 #include <atomic>
 #include <cstdint>
 
-#if __has_include(<sys/sdt.h>)
+#include "platform/clock.hpp"
+#include "runtime/preempt.hpp"
+#include "runtime/runtime2.hpp"
+
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
+#ifndef URGE_TRACE_SITES
+#define URGE_TRACE_SITES 1
+#endif
+
+#if URGE_TRACE_SITES && __has_include(<sys/sdt.h>)
 #include <sys/sdt.h>
 #define URGE_USDT(name, a, b) DTRACE_PROBE2(urge, name, a, b)
 #else
@@ -64,8 +89,6 @@
 #endif
 
 namespace urge::runtime {
-
-struct g;
 
 enum class trace_ev : std::uint8_t {
   go_create = 1,
@@ -81,7 +104,121 @@ enum class trace_ev : std::uint8_t {
 
 extern bool trace_on;  // set by trace_start, read without synchronisation
 
-void trace_emit(trace_ev ev, std::uint64_t a, std::uint64_t b);
+// ---- Recording -----------------------------------------------------------------
+//
+// Each P has a trace_buf that only the M holding the P writes (the hand-over
+// of a P between Ms synchronises already: sched.lock or the P's status CAS).
+// An event is a few bytes: a tag (the trace_ev), then unsigned LEB128
+// varints: the counter ticks since the buffer's previous event, a, b. A tag 0
+// with a varint m+1 says that the following events are the given M's (a P
+// moves between Ms rarely, so the M costs nothing per event). A ping-pong
+// event is 5 to 7 bytes, against 32 for the file's record: memory touched
+// for the first time costs a page fault per 4 KiB (about 3 us in a VM), which
+// at 32 bytes an event cost as much as the clock read.
+//
+// Rejected: fixed-size records (24 bytes at the least for two 64-bit
+// arguments and a timestamp; a varint is a short loop whose branches predict
+// well, and cheaper than the memory); per-event M ids; an atomic or a lock
+// per event (the P is the owner's alone); writing chunks to the file as they
+// fill (a write costs the kernel the same page allocation and copy, on the
+// traced thread).
+//
+// The counter is RDTSC on x86-64 and CNTVCT_EL0 on AArch64, with no fence
+// (RDTSCP or an ISB first costs twice as much): see "Clock" in trace.cpp for
+// why an unfenced read can put an event a few nanoseconds before one it
+// follows on another CPU, and how trace_stop puts them back in order.
+struct trace_buf {
+  std::uint8_t* pos = nullptr;    // next free byte
+  std::uint8_t* limit = nullptr;  // refill when pos reaches it (room for one event)
+  std::uint64_t last = 0;         // ticks of the latest event
+  std::int32_t m = -2;            // the M of the latest event (-2: none yet)
+  bool switching = false;         // the latest event is a go_block, go_preempt or
+                                  // go_end: a go_start in the same switch shares its time
+};
+
+// The longest event: tag, 3 varints of up to 10 bytes; plus an M change.
+inline constexpr int trace_max_event = 1 + 3 * 10 + 1 + 5;
+
+extern trace_buf* trace_bufs;   // per P, indexed by p::id; set before trace_on
+extern bool trace_use_counter;  // ticks are the CPU's counter, not nanotime
+
+inline std::uint64_t trace_ticks() {
+#if defined(__x86_64__)
+  if (__builtin_expect(trace_use_counter, 1)) return __rdtsc();
+#elif defined(__aarch64__)
+  if (__builtin_expect(trace_use_counter, 1)) {
+    std::uint64_t v;
+    asm volatile("mrs %0, cntvct_el0" : "=r"(v));
+    return v;
+  }
+#endif
+  return static_cast<std::uint64_t>(platform::nanotime());
+}
+
+inline std::uint8_t* trace_put_uvarint(std::uint8_t* pos, std::uint64_t v) {
+  while (v >= 0x80) {
+    *pos++ = static_cast<std::uint8_t>(v | 0x80);
+    v >>= 7;
+  }
+  *pos++ = static_cast<std::uint8_t>(v);
+  return pos;
+}
+
+// Appends an event of M mid to buf; false if buf has no room (nothing done).
+// share: a go_start made by the switch of a go_block, go_preempt or go_end
+// just recorded takes that event's time.
+__attribute__((always_inline)) inline bool trace_encode(trace_buf& buf, std::int32_t mid,
+                                                        trace_ev ev, std::uint64_t a,
+                                                        std::uint64_t b, bool share) {
+  std::uint8_t* pos = buf.pos;
+  if (__builtin_expect(pos >= buf.limit, 0)) return false;
+  if (__builtin_expect(buf.m != mid, 0)) {
+    *pos++ = 0;
+    pos = trace_put_uvarint(pos, static_cast<std::uint64_t>(static_cast<std::int64_t>(mid) + 1));
+    buf.m = mid;
+  }
+  std::uint64_t dt = 0;
+  if (!(share && buf.switching)) {
+    // Clamped: a P that moved to another CPU may read a counter a hair
+    // behind its previous one; the buffer's order is the truth.
+    std::uint64_t now = trace_ticks();
+    if (now > buf.last) {
+      dt = now - buf.last;
+      buf.last = now;
+    }
+  }
+  buf.switching = ev == trace_ev::go_block || ev == trace_ev::go_preempt || ev == trace_ev::go_end;
+  *pos++ = static_cast<std::uint8_t>(ev);
+  pos = trace_put_uvarint(pos, dt);
+  pos = trace_put_uvarint(pos, a);
+  pos = trace_put_uvarint(pos, b);
+  buf.pos = pos;
+  return true;
+}
+
+// Out of line: events of an M without a P (one locked buffer), and the P's
+// buffer when it is full.
+void trace_emit_global(m* mp, trace_ev ev, std::uint64_t a, std::uint64_t b);
+void trace_emit_refill(m* mp, trace_ev ev, std::uint64_t a, std::uint64_t b, bool share);
+
+// Records an event made by mp, the calling M (nullptr outside the runtime's
+// threads).
+__attribute__((always_inline)) inline void trace_emit_m(m* mp, trace_ev ev, std::uint64_t a,
+                                                        std::uint64_t b, bool share = false) {
+  p* pp = mp ? mp->curp : nullptr;
+  if (!pp) {
+    trace_emit_global(mp, ev, a, b);
+    return;
+  }
+  // Not stopped asynchronously halfway through the buffer (another goroutine
+  // would then write to it): a statically linked runtime is preemptible code
+  // as far as the PC goes.
+  preempt_off_scope no_preempt;
+  if (__builtin_expect(!trace_encode(trace_bufs[pp->id], mp->id, ev, a, b, share), 0)) {
+    trace_emit_refill(mp, ev, a, b, share);
+  }
+}
+
 // go_create for gp, plus what names it (its entry function, its creator).
 void trace_go_create(g* gp);
 // run(): start if URGE_TRACE names a file, before any M but M0 exists; stop
@@ -92,17 +229,37 @@ void trace_stop();
 
 }  // namespace urge::runtime
 
-#define URGE_TRACE_EVENT(name, a, b)                                                              \
-  do {                                                                                            \
-    URGE_USDT(name, a, b);                                                                        \
-    if (__builtin_expect(::urge::runtime::trace_on, 0)) {                                         \
-      ::urge::runtime::trace_emit(::urge::runtime::trace_ev::name, static_cast<std::uint64_t>(a), \
-                                  static_cast<std::uint64_t>(b));                                 \
-    }                                                                                             \
+#if URGE_TRACE_SITES
+#define URGE_TRACE_ENABLED() __builtin_expect(::urge::runtime::trace_on, 0)
+#else
+#define URGE_TRACE_ENABLED() false
+#endif
+
+#define URGE_TRACE_EVENT_M(mp, name, a, b)                                                         \
+  do {                                                                                             \
+    URGE_USDT(name, a, b);                                                                         \
+    if (URGE_TRACE_ENABLED()) {                                                                    \
+      ::urge::runtime::trace_emit_m(mp, ::urge::runtime::trace_ev::name,                           \
+                                    static_cast<std::uint64_t>(a), static_cast<std::uint64_t>(b)); \
+    }                                                                                              \
   } while (0)
 
-#define URGE_TRACE_GO_CREATE(gp)                                                              \
-  do {                                                                                        \
-    URGE_USDT(go_create, (gp)->goid, (gp)->parent_goid);                                      \
-    if (__builtin_expect(::urge::runtime::trace_on, 0)) ::urge::runtime::trace_go_create(gp); \
+#define URGE_TRACE_EVENT(name, a, b) URGE_TRACE_EVENT_M(::urge::runtime::getm(), name, a, b)
+
+// go_start made by switch_away, right after the go_block or go_preempt of
+// the goroutine it leaves: shares that event's time.
+#define URGE_TRACE_SWITCH_START(mp, goid, pid)                                        \
+  do {                                                                                \
+    URGE_USDT(go_start, goid, pid);                                                   \
+    if (URGE_TRACE_ENABLED()) {                                                       \
+      ::urge::runtime::trace_emit_m(mp, ::urge::runtime::trace_ev::go_start,          \
+                                    static_cast<std::uint64_t>(goid),                 \
+                                    static_cast<std::uint64_t>(pid), /*share=*/true); \
+    }                                                                                 \
+  } while (0)
+
+#define URGE_TRACE_GO_CREATE(gp)                                    \
+  do {                                                              \
+    URGE_USDT(go_create, (gp)->goid, (gp)->parent_goid);            \
+    if (URGE_TRACE_ENABLED()) ::urge::runtime::trace_go_create(gp); \
   } while (0)

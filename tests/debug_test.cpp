@@ -759,6 +759,88 @@ print("json ok", len(ev))
   remove_tree(dir);
 }
 
+// Enough events to fill a P's first buffer chunk several times over, with
+// wakeups crossing between two Ps: every goroutine's events come out in an
+// order that can have happened (a goroutine starts only once unblocked, and
+// is unblocked only after it blocked), each park matched by its wakeup, and
+// the times sorted.
+TEST(Trace, ManyEventsAcrossPsMergeInAPossibleOrder) {
+  std::string dir = temp_dir();
+  ASSERT_FALSE(dir.empty());
+  std::string path = dir + "/trace.bin";
+  constexpr int rounds = 30000;
+  child_result r = run_child([&] {
+    setenv("URGE_TRACE", path.c_str(), 1);
+    urge::run(procs(2), [] {
+      urge::wait_group wg;
+      wg.add(2);
+      for (int pair = 0; pair < 2; ++pair) {
+        urge::chan<int> ping, pong;
+        urge::go([ping, pong] {
+          while (std::optional<int> v = ping.recv()) pong.send(*v + 1);
+        });
+        urge::go([ping, pong, &wg]() mutable {
+          int v = 0;
+          for (int i = 0; i < rounds; ++i) {
+            ping.send(v);
+            v = *pong.recv();
+          }
+          ping.close();
+          wg.done();
+        });
+      }
+      wg.wait();
+    });
+    return 0;
+  });
+  ASSERT_TRUE(r.exited_with(0)) << "status " << r.status << "\n" << r.err;
+  trace_file t;
+  ASSERT_TRUE(read_trace(path, t));
+  remove_tree(dir);
+  // Each round trip parks one side at least (2 pairs x rounds x ~6 events
+  // when they take turns on one P; fewer when a partner is caught running).
+  EXPECT_GT(t.events.size(), static_cast<std::size_t>(2 * rounds * 2));
+
+  struct life {
+    bool blocked = false;
+    long blocks = 0, unblocks = 0;
+  };
+  std::map<std::uint64_t, life> lives;
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    const trace_record& e = t.events[i];
+    if (i && t.events[i - 1].ts > e.ts && bad++ < 5)
+      ADD_FAILURE() << "event " << i << " out of time order";
+    if (static_cast<trace_ev>(e.ev) == trace_ev::steal) continue;  // a is a P
+    life& l = lives[e.a];
+    switch (static_cast<trace_ev>(e.ev)) {
+      case trace_ev::go_start:
+        if (l.blocked && bad++ < 5)
+          ADD_FAILURE() << "event " << i << ": goroutine " << e.a << " started while blocked";
+        break;
+      case trace_ev::go_block:
+        l.blocked = true;
+        ++l.blocks;
+        break;
+      case trace_ev::go_unblock:
+        if (!l.blocked && bad++ < 5)
+          ADD_FAILURE() << "event " << i << ": goroutine " << e.a << " unblocked while not blocked";
+        l.blocked = false;
+        ++l.unblocks;
+        break;
+      default:
+        break;
+    }
+  }
+  EXPECT_EQ(bad, 0u);
+  // main and the four goroutines; every park ended by its wakeup.
+  EXPECT_EQ(lives.size(), 5u);
+  for (auto& [goid, l] : lives) {
+    EXPECT_EQ(l.blocks, l.unblocks) << "goroutine " << goid;
+    EXPECT_FALSE(l.blocked) << "goroutine " << goid;
+  }
+}
+
 TEST(Trace, AnUnwritablePathIsReportedAndTheProgramRuns) {
   child_result r = run_child([] {
     setenv("URGE_TRACE", "/nonexistent-dir/urge/trace.bin", 1);
