@@ -94,6 +94,8 @@ const std::error_category& net_category() {
 
 std::error_code make_error_code(net_errc e) { return {static_cast<int>(e), net_category()}; }
 
+struct pd_extra;
+
 // A descriptor. Reused, never freed (Go's pollCache does the same): an epoll
 // event that raced with a close may still name it, and must find memory that
 // is a poll_desc; at worst it sets a readiness latch spuriously, and the
@@ -123,21 +125,36 @@ struct poll_desc {
   // an operation's first check.
   std::atomic<std::int64_t> rd{0};
   std::atomic<std::int64_t> wd{0};
-  timer rt, wt;                    // the deadline timers
   urge::mutex rlock, wlock;        // one reader and one writer at a time (Go's fdMutex)
-  // io_uring multishot accept (listeners): one request that keeps producing
-  // connections. Its completions queue fds here; an accept takes one. mu.
-  bool ms_armed = false;           // the request is in the kernel
-  void* ms_ring = nullptr;         // ring_state it was submitted to
-  g* accept_waiter = nullptr;      // the goroutine waiting in accept
-  std::vector<int> accepted;       // connections not yet taken
-  int accept_error = 0;            // an error to report to the next accept (EMFILE...)
+  pd_extra* x = nullptr;           // set once under mu, kept across reuse
   poll_desc* free_next = nullptr;  // free list; g_pd_mu
+};
+
+// What only some descriptors use: deadline timers, and a listener's
+// multishot accept. Allocated on first use, so that an idle connection
+// costs a small poll_desc (128 bytes with malloc's header; it was 272 with
+// these inline, per side of every connection), and kept with its poll_desc
+// when that is reused. Fields other than the timers: the descriptor's mu.
+struct pd_extra {
+  timer rt, wt;  // the deadline timers
+  // io_uring multishot accept (listeners): one request that keeps producing
+  // connections. Its completions queue fds here; an accept takes one.
+  bool ms_armed = false;       // the request is in the kernel
+  void* ms_ring = nullptr;     // ring_state it was submitted to
+  g* accept_waiter = nullptr;  // the goroutine waiting in accept
+  std::vector<int> accepted;   // connections not yet taken
+  int accept_error = 0;        // an error to report to the next accept (EMFILE...)
 };
 
 namespace {
 
 constexpr std::uint32_t fd_closed_bit = 1u << 31;
+
+// pd->x, allocated if need be. pd->mu held.
+pd_extra* extra(poll_desc* pd) {
+  if (!pd->x) pd->x = new pd_extra;
+  return pd->x;
+}
 
 std::mutex g_pd_mu;
 poll_desc* g_pd_free = nullptr;
@@ -169,7 +186,7 @@ void fd_destroy(poll_desc* pd) {
   // A multishot accept still in the kernel holds the socket open after our
   // close, until its cancellation completes on whichever thread armed it. A
   // TCP listener stops listening at shutdown, which frees its port at once.
-  const bool ms = pd->ms_armed;
+  const bool ms = pd->x && pd->x->ms_armed;
   g* waiter = pd->close_waiter;
   pd->close_waiter = nullptr;
   pd->mu.unlock();
@@ -467,22 +484,23 @@ void epoll_dispatch(epoll_event* evs, int n, int& readied, glist* out = nullptr)
 void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied,
                         glist* out) {
   pd->mu.lock();
+  pd_extra* x = pd->x;  // set by ms_arm
   if (res >= 0) {
     if (pd->closing) {
       ::close(res);  // nobody will take it
     } else {
-      pd->accepted.push_back(res);
+      x->accepted.push_back(res);
     }
   } else if (res != -ECANCELED) {
-    pd->accept_error = -res;  // reported to the next accept, which re-arms
+    x->accept_error = -res;  // reported to the next accept, which re-arms
   }
   const bool ended = !(flags & IORING_CQE_F_MORE);
   if (ended) {
-    pd->ms_armed = false;
+    x->ms_armed = false;
     g_ms_armed.fetch_sub(1, std::memory_order_relaxed);
   }
-  g* gp = pd->accept_waiter;
-  pd->accept_waiter = nullptr;
+  g* gp = x->accept_waiter;
+  x->accept_waiter = nullptr;
   pd->mu.unlock();
   if (gp) {
     ready(gp, out);
@@ -503,8 +521,8 @@ void ms_arm(poll_desc* pd) {
   io_uring_prep_multishot_accept(sqe, pd->fd, nullptr, nullptr, SOCK_CLOEXEC);
   io_uring_sqe_set_data(sqe, reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(pd) | ms_tag));
   r->inflight.fetch_add(1, std::memory_order_relaxed);
-  pd->ms_armed = true;
-  pd->ms_ring = r;
+  pd->x->ms_armed = true;
+  pd->x->ms_ring = r;
   g_ms_armed.fetch_add(1, std::memory_order_relaxed);
   pd_ref(pd);        // dropped by the final completion
   r->ring.submit();  // a listener wants its first connection at once
@@ -512,8 +530,8 @@ void ms_arm(poll_desc* pd) {
 
 // Cancels the multishot accept. pd->mu held.
 void ms_cancel(poll_desc* pd) {
-  if (!pd->ms_armed) return;
-  auto* r = static_cast<ring_state*>(pd->ms_ring);
+  if (!pd->x || !pd->x->ms_armed) return;
+  auto* r = static_cast<ring_state*>(pd->x->ms_ring);
   std::lock_guard lock(r->sq_mu);
   io_uring_sqe* sqe = r->ring.get_sqe();
   if (!sqe) {
@@ -527,33 +545,34 @@ void ms_cancel(poll_desc* pd) {
 
 // accept through the multishot request. pd->mu held.
 int ms_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec) {
+  pd_extra* x = extra(pd);
   for (;;) {
     if (pd->closing) {
       ec = make_error_code(net_errc::closed);
       return -1;
     }
-    if (!pd->accepted.empty()) {
-      int fd = pd->accepted.front();
-      pd->accepted.erase(pd->accepted.begin());
+    if (!x->accepted.empty()) {
+      int fd = x->accepted.front();
+      x->accepted.erase(x->accepted.begin());
       if (addr && len) getpeername(fd, addr, len);
       return fd;
     }
-    if (pd->accept_error) {
-      ec = std::error_code(pd->accept_error, std::generic_category());
-      pd->accept_error = 0;
+    if (x->accept_error) {
+      ec = std::error_code(x->accept_error, std::generic_category());
+      x->accept_error = 0;
       return -1;
     }
     if (deadline_passed(pd->rd.load(std::memory_order_relaxed))) {
       ec = std::make_error_code(std::errc::timed_out);
       return -1;
     }
-    if (!pd->ms_armed) ms_arm(pd);
-    pd->accept_waiter = getg();
+    if (!x->ms_armed) ms_arm(pd);
+    x->accept_waiter = getg();
     netpoll_waiters.fetch_add(1, std::memory_order_relaxed);
     gopark(unlock_pd, pd, waitreason::io_wait);
     netpoll_waiters.fetch_sub(1, std::memory_order_relaxed);
     pd->mu.lock();
-    if (pd->accept_waiter == getg()) pd->accept_waiter = nullptr;
+    if (x->accept_waiter == getg()) x->accept_waiter = nullptr;
   }
 }
 
@@ -563,9 +582,9 @@ int ms_accept(poll_desc* pd, sockaddr* addr, socklen_t* len, std::error_code& ec
 g* interrupt_side(poll_desc* pd, bool read_side) {
   if (g_kind == netpoll_backend::uring) {
     if (uring_op* op = read_side ? pd->rop : pd->wop) cancel_op(op);
-    if (read_side && pd->accept_waiter) {
-      g* gp = pd->accept_waiter;
-      pd->accept_waiter = nullptr;
+    if (read_side && pd->x && pd->x->accept_waiter) {
+      g* gp = pd->x->accept_waiter;
+      pd->x->accept_waiter = nullptr;
       return gp;
     }
     return nullptr;
@@ -578,7 +597,7 @@ g* interrupt_side(poll_desc* pd, bool read_side) {
 
 void deadline_fire(timer* t, void* arg, std::int64_t now) {
   auto* pd = static_cast<poll_desc*>(arg);
-  const bool read_side = t == &pd->rt;
+  const bool read_side = t == &pd->x->rt;  // x: set before the timer was armed
   pd->mu.lock();
   std::int64_t d = (read_side ? pd->rd : pd->wd).load(std::memory_order_relaxed);
   g* gp = nullptr;
@@ -662,7 +681,7 @@ static void drain_multishot_accepts() {
           }
           auto* pd = reinterpret_cast<poll_desc*>(data & ~ms_tag);
           if (cqes[i]->res >= 0) ::close(cqes[i]->res);
-          pd->ms_armed = false;
+          pd->x->ms_armed = false;
           g_ms_armed.fetch_sub(1, std::memory_order_relaxed);
           pd_unref(pd);
         }
@@ -797,11 +816,13 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   pd->rop = pd->wop = nullptr;
   pd->rd.store(0, std::memory_order_relaxed);
   pd->wd.store(0, std::memory_order_relaxed);
-  pd->ms_armed = false;
-  pd->ms_ring = nullptr;
-  pd->accept_waiter = nullptr;
-  pd->accepted.clear();
-  pd->accept_error = 0;
+  if (pd_extra* x = pd->x) {
+    x->ms_armed = false;
+    x->ms_ring = nullptr;
+    x->accept_waiter = nullptr;
+    x->accepted.clear();
+    x->accept_error = 0;
+  }
   pd->mu.unlock();
   int flags = fcntl(fd, F_GETFL);
   if (g_kind == netpoll_backend::epoll) {
@@ -840,13 +861,16 @@ bool pd_close(poll_desc* pd) {
   g* r = interrupt_side(pd, true);
   g* w = interrupt_side(pd, false);
   ms_cancel(pd);
-  for (int fd : pd->accepted) ::close(fd);
-  pd->accepted.clear();
+  if (pd->x) {
+    for (int fd : pd->x->accepted) ::close(fd);
+    pd->x->accepted.clear();
+  }
+  pd_extra* x = pd->x;
   pd->mu.unlock();
   if (r) goready(r, false);
   if (w) goready(w, false);
-  if (del_timer(&pd->rt)) pd_unref(pd);
-  if (del_timer(&pd->wt)) pd_unref(pd);
+  if (x && del_timer(&x->rt)) pd_unref(pd);
+  if (x && del_timer(&x->wt)) pd_unref(pd);
   // Drop the owner's reference to the fd; with operations still in progress
   // the last of them closes it. As Go's Close, wait for that: callers expect
   // the address to be free, and the peer to see the close, once close
@@ -871,11 +895,14 @@ void pd_release(poll_desc* pd) { pd_unref(pd); }
 
 bool pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
   if (!fd_incref(pd)) return false;
+  pd->mu.lock();
+  pd_extra* x = extra(pd);
+  pd->mu.unlock();
   for (int side = 0; side < 2; ++side) {
     const bool read_side = side == 0;
     if (read_side && mode == 'w') continue;
     if (!read_side && mode == 'r') continue;
-    timer& t = read_side ? pd->rt : pd->wt;
+    timer& t = read_side ? x->rt : x->wt;
     if (del_timer(&t)) pd_unref(pd);
     pd->mu.lock();
     (read_side ? pd->rd : pd->wd).store(deadline, std::memory_order_relaxed);
