@@ -30,10 +30,11 @@
 // A goroutine that yields emits no event of its own: the next go_start on its
 // P ends its run (it went back to the run queue). A go_start made by the
 // switch that parks, preempts or ends the previous goroutine (switch_away)
-// takes that go_block's, go_preempt's or go_end's time instead of reading the clock again: the
-// two are tens of nanoseconds apart, and one clock read is most of an event's
-// cost. An unbuffered channel round trip therefore reads the clock four times
-// for its six events (per side: go_unblock; go_block + go_start).
+// takes that go_block's, go_preempt's or go_end's time instead of reading the
+// clock again: the two are tens of nanoseconds apart, and one clock read is
+// most of an event's cost. An unbuffered channel round trip therefore reads
+// the clock four times for its six events (per side: go_unblock; go_block and
+// go_start), the same six events Go's tracer records for it.
 //
 // The trace file (URGE_TRACE=path; written by trace_stop, i.e. when run()
 // returns; a later run() in the same process overwrites it). All integers are
@@ -112,7 +113,7 @@ extern bool trace_on;  // set by trace_start, read without synchronisation
 // varints: the counter ticks since the buffer's previous event, a, b. A tag 0
 // with a varint m+1 says that the following events are the given M's (a P
 // moves between Ms rarely, so the M costs nothing per event). A ping-pong
-// event is 5 to 7 bytes, against 32 for the file's record: memory touched
+// event is about 5 bytes, against 32 for the file's record: memory touched
 // for the first time costs a page fault per 4 KiB (about 3 us in a VM), which
 // at 32 bytes an event cost as much as the clock read.
 //
