@@ -1256,11 +1256,22 @@ spawn_slot newproc_begin(std::size_t closure_size, std::size_t closure_align, cl
 }
 
 void newproc_commit(spawn_slot slot) noexcept {
-  preempt_off_scope no_preempt;
-  m* mp = getm();
-  // newproc_begin ran on this goroutine; a closure constructor that yields
-  // may have moved us to another M, which getm() accounts for.
-  newproc_ready(mp, static_cast<g*>(slot.g));
+  {
+    preempt_off_scope no_preempt;
+    m* mp = getm();
+    // newproc_begin ran on this goroutine; a closure constructor that yields
+    // may have moved us to another M, which getm() accounts for.
+    newproc_ready(mp, static_cast<g*>(slot.g));
+  }
+  // A preemption point, as every call is in Go (the callee's stack check
+  // sees the request). A goroutine that only spawns is otherwise seldom
+  // stoppable: it spends most of its time in the runtime, and when a signal
+  // does stop it, it resumes from its M's private queue after a single other
+  // goroutine. Without this, a loop of go() on one P kept the P until it was
+  // done, and every goroutine it made was alive at once (a million stacks
+  // touched where Go, preempting it to the back of the global queue every
+  // quantum, has a quantum's worth).
+  check_preempt();
 }
 
 void newproc_abort(spawn_slot slot) noexcept {
