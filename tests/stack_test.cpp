@@ -75,6 +75,62 @@ TEST(StackPool, CacheMovesStacksInBatches) {
   EXPECT_EQ(st.stacks_free, st.stacks_total);
 }
 
+// exchange_top hands out the most recently put stack and files the given
+// one at the bottom: the next exchange finds the next warm stack, not the
+// one just filed, and an overflow returns the filed ones to the pool first.
+TEST(StackPool, CacheExchangeTakesTheWarmestAndFilesTheColdAtTheBottom) {
+  stack_pool pool;
+  urge::platform::stack_cache cache;
+  stack empty_probe = pool.acquire();
+  stack before = empty_probe;
+  cache.exchange_top(empty_probe);  // an empty cache has nothing to give
+  EXPECT_EQ(empty_probe.lo, before.lo);
+  EXPECT_EQ(cache.size(), 0u);
+
+  stack warm1 = pool.acquire(), warm2 = pool.acquire(), cold1 = pool.acquire(),
+        cold2 = pool.acquire();
+  cache.put(pool, warm1);
+  cache.put(pool, warm2);
+  stack s = cold1;
+  cache.exchange_top(s);
+  EXPECT_EQ(s.lo, warm2.lo) << "the most recently put stack";
+  stack t = cold2;
+  cache.exchange_top(t);
+  EXPECT_EQ(t.lo, warm1.lo) << "the next warm one, not the cold one just filed";
+  EXPECT_EQ(cache.size(), 2u);
+  // Then the cold ones, in the order they were filed (each went below the other).
+  stack a = cache.get(pool), b = cache.get(pool);
+  EXPECT_EQ(a.lo, cold1.lo);
+  EXPECT_EQ(b.lo, cold2.lo);
+  EXPECT_EQ(cache.size(), 0u);
+
+  // Overflow returns the bottom half: fill with `capacity` stacks, the first
+  // half marked by address; one more put sends exactly those to the pool.
+  constexpr std::size_t cap = urge::platform::stack_cache::capacity;
+  std::vector<stack> fill;
+  for (std::size_t i = 0; i < cap; ++i) fill.push_back(pool.acquire());
+  for (const stack& f : fill) cache.put(pool, f);
+  const std::size_t free_before = pool.get_stats().stacks_free;
+  cache.put(pool, a);
+  EXPECT_EQ(pool.get_stats().stacks_free, free_before + cap / 2);
+  EXPECT_EQ(cache.size(), cap / 2 + 1);
+  std::vector<stack> kept;
+  while (cache.size()) kept.push_back(cache.get(pool));
+  std::set<char*> kept_lo;
+  for (const stack& k : kept) kept_lo.insert(k.lo);
+  for (std::size_t i = 0; i < cap; ++i) {
+    EXPECT_EQ(kept_lo.count(fill[i].lo), i < cap / 2 ? 0u : 1u) << "stack " << i;
+  }
+  EXPECT_EQ(kept_lo.count(a.lo), 1u);
+  for (const stack& k : kept) pool.release(k);
+  pool.release(empty_probe);
+  pool.release(s);
+  pool.release(t);
+  pool.release(b);
+  auto st = pool.get_stats();
+  EXPECT_EQ(st.stacks_free, st.stacks_total);
+}
+
 TEST(StackPool, BudgetExhaustionIsAClearError) {
   stack_pool::options o;
   o.max_stacks = 3;
