@@ -36,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace urge::platform {
@@ -146,30 +147,60 @@ class stack_pool {
 
 // A small per-P front for a stack_pool (Go's stackcache). Owner-only: not
 // thread-safe. Keeps up to `capacity` stacks, moving half at a time.
+//
+// The stacks form a stack (LIFO) whose top is the most recently released,
+// the one likeliest to be in the CPU's caches and TLB: get and put work at
+// the top. exchange_top trades a stack that was never run on (a reservation,
+// see "Stacks of new goroutines" in runtime/proc.cpp) for the top one, and
+// files the cold one at the bottom, so that the next exchange finds a warm
+// stack again; an overflow returns the bottom half, the coldest, to the
+// pool. A ring of slots makes the bottom as cheap to reach as the top.
 class stack_cache {
  public:
-  static constexpr std::size_t capacity = 32;
+  static constexpr std::size_t capacity = 32;  // a power of two (ring indices)
 
   stack get(stack_pool& pool) {
-    if (n_ == 0) n_ = pool.acquire_batch(items_, capacity / 2);
-    if (n_ == 0) return pool.acquire();  // throws with the pool's message
-    return items_[--n_];
+    if (n_ == 0) {
+      stack batch[capacity / 2];
+      std::size_t k = pool.acquire_batch(batch, capacity / 2);
+      if (k == 0) return pool.acquire();  // throws with the pool's message
+      bot_ = 0;
+      for (std::size_t i = 0; i < k; ++i) items_[i] = batch[k - 1 - i];  // the pool's top on top
+      n_ = k;
+    }
+    return items_[slot(--n_)];
   }
   void put(stack_pool& pool, const stack& s) {
-    if (n_ == capacity) {
-      pool.release_batch(items_ + capacity / 2, capacity / 2);
-      n_ = capacity / 2;
-    }
-    items_[n_++] = s;
+    if (n_ == capacity) release_bottom(pool, capacity / 2);
+    items_[slot(n_++)] = s;
   }
-  void flush(stack_pool& pool) {
-    pool.release_batch(items_, n_);
-    n_ = 0;
+  // Exchanges s for the top stack, if any; s goes to the bottom. Never
+  // allocates or fails.
+  void exchange_top(stack& s) {
+    if (n_ == 0) return;
+    stack cold = s;
+    s = items_[slot(n_ - 1)];
+    // Shift the ring down by one: the old top's slot becomes free at the top
+    // end, the bottom gains cold.
+    bot_ = (bot_ - 1) & (capacity - 1);
+    items_[bot_] = cold;
   }
+  void flush(stack_pool& pool) { release_bottom(pool, n_); }
   std::size_t size() const { return n_; }
 
  private:
+  std::size_t slot(std::size_t i) const { return (bot_ + i) & (capacity - 1); }
+  void release_bottom(stack_pool& pool, std::size_t k) {
+    stack batch[capacity];
+    for (std::size_t i = 0; i < k; ++i) batch[i] = items_[slot(i)];
+    // Coldest first into the pool, so that the warmest of them is the pool's top.
+    pool.release_batch(batch, k);
+    bot_ = (bot_ + k) & (capacity - 1);
+    n_ -= k;
+  }
+
   stack items_[capacity];
+  std::size_t bot_ = 0;  // ring index of the bottom stack
   std::size_t n_ = 0;
 };
 

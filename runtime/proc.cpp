@@ -141,7 +141,7 @@ namespace {
 
 // initial-exec: one %fs/tpidr-relative load, not a __tls_get_addr call.
 thread_local m* tls_m __attribute__((tls_model("initial-exec"))) = nullptr;
-std::atomic<g*> allgs_head{nullptr};  // push-only; Gs live as long as the stack pool
+std::atomic<g*> allgs_head{nullptr};  // push-only; Gs are never freed
 
 // Coarse monotonic time (a jiffy's resolution, ~5 ns to read): enough for
 // "how long has it waited" and far cheaper than a precise clock per park.
@@ -513,6 +513,9 @@ static std::int64_t earliest_timer() {
 
 // Makes gp the running goroutine of mp. inherit: it came from runnext and
 // keeps the time slice, so the tick sysmon watches does not advance.
+static void bind_stack(p* pp, g* gp);
+static void gfput(p* pp, g* gp);
+
 // switching: called by switch_away (for the trace: see trace.hpp).
 __attribute__((always_inline)) inline static void prepare_execute(m* mp, p* pp, g* gp, bool inherit,
                                                                   bool switching = false) {
@@ -521,6 +524,7 @@ __attribute__((always_inline)) inline static void prepare_execute(m* mp, p* pp, 
   } else {
     URGE_TRACE_EVENT_M(mp, go_start, gp->goid, pp->id);
   }
+  if (__builtin_expect(gp->ctx.sp == nullptr, 0)) bind_stack(pp, gp);  // its first run
   gp->status.store(gstatus::running, std::memory_order_relaxed);
   gp->curm = mp;
   gp->preempt.store(false, std::memory_order_relaxed);
@@ -649,6 +653,7 @@ static void run_pending_slow(m* mp, after_switch act) {
       } else {
         sched->stacks->release(gp->stk);
       }
+      gfput(mp->curp, gp);
       break;
     case after_switch::exit_blocking: {
       // exitsyscall0: the goroutine came back from a blocking call and found
@@ -1118,48 +1123,175 @@ static void goroutine_entry(void* arg, void* transfer) {
   __builtin_unreachable();
 }
 
-// Carves a G and room for its closure out of the top of a fresh stack:
-//   [stk.hi - sizeof(g), stk.hi)   the g (64-byte aligned)
-//   below it                       the closure (its own alignment)
-//   [stk.lo, closure)              the goroutine's stack proper
-static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, void** closure) {
-  platform::stack stk = pp ? pp->stackcache.get(*sched->stacks) : sched->stacks->acquire();
-  auto top = reinterpret_cast<std::uintptr_t>(stk.hi());
-  auto gaddr = (top - sizeof(g)) & ~std::uintptr_t{63};
-  auto caddr = (gaddr - closure_size) & ~(std::uintptr_t{closure_align} - 1);
-  if (caddr < reinterpret_cast<std::uintptr_t>(stk.lo) + 16 * 1024) {
-    if (pp) {
-      pp->stackcache.put(*sched->stacks, stk);
-    } else {
-      sched->stacks->release(stk);
+// Stacks of new goroutines
+// -------------------------
+// A burst of goroutines (a spawning loop preempted once a quantum, a fan-out)
+// makes thousands of Gs before the first of them runs. If each were built on
+// the top page of its own stack, as urge first did, the creator would write
+// to thousands of distinct pages and each goroutine would later run on a page
+// last touched thousands of goroutines ago: a TLB and cache miss or several
+// per goroutine, which cost ~1 us each on this class of machine, ten times
+// the work of creating and running a goroutine. So a G is a small object of
+// its own (Gs are allocated densely and reused LIFO from free lists, as Go's
+// gFree), the closure of `go` lives inside it when it fits (g_closure_room),
+// and the stack is only reserved at creation: no byte of it is touched. At
+// its first run (bind_stack, from prepare_execute) the goroutine exchanges
+// the reserved stack for the one most recently put in its P's stack cache,
+// usually the stack of the goroutine that ran just before, still in cache.
+// A burst of short goroutines then runs on a handful of warm stacks.
+//
+// Rejected: taking the stack only at the first run. Running out of stacks
+// (address space, config limits) must be an exception from go(), where the
+// caller can handle it (api.md), not a fatal error in the scheduler; the
+// reservation keeps that and costs a pointer move. Rejected: building the
+// closure in a separate heap allocation when it does not fit in the G: a
+// malloc and free per goroutine; such closures go on the top of the reserved
+// stack, which is then bound at once (the old scheme).
+//
+// The cost: a parked goroutine now holds its G (256 bytes) besides its stack
+// page, where the G used to share the page.
+
+namespace {
+// The global list of dead Gs (Go's sched.gFree), and the allocation of new
+// ones. Gs outlive run() (allgs is for the life of the process), so these are
+// not part of schedt.
+futex_mutex gfree_lock;
+g* gfree_global = nullptr;  // gfree_lock
+int gfree_global_n = 0;     // gfree_lock
+
+constexpr int gfree_local_max = 64;  // a P keeps at most this many (Go: 64)
+constexpr int gfree_batch = 32;      // moved between a P and the global list at once
+constexpr int galloc_block = 64;     // Gs allocated at once (16 KiB)
+
+// Allocates a block of Gs, puts them on allgs and returns them linked by
+// schedlink. Needs gfree_lock (for the allgs push only: allgs is read lock-free).
+g* galloc_block_locked() {
+  auto* block = static_cast<g*>(::operator new(sizeof(g) * galloc_block, std::align_val_t{alignof(g)}));
+  for (int i = 0; i < galloc_block; ++i) {
+    g* gp = new (&block[i]) g;
+    gp->magic = g_magic;
+    gp->status.store(gstatus::dead, std::memory_order_relaxed);
+    gp->schedlink = i + 1 < galloc_block ? &block[i + 1] : nullptr;
+    gp->alllink = i + 1 < galloc_block ? &block[i + 1] : nullptr;
+  }
+  g* head = allgs_head.load(std::memory_order_relaxed);
+  do {
+    block[galloc_block - 1].alllink = head;
+  } while (!allgs_head.compare_exchange_weak(head, &block[0], std::memory_order_release,
+                                             std::memory_order_relaxed));
+  return &block[0];
+}
+}  // namespace
+
+// A dead G for reuse: the P's list, refilled from the global list or a new
+// block (Go's gfget).
+static g* gfget(p* pp) {
+  if (pp && pp->gfree) {
+    g* gp = pp->gfree;
+    pp->gfree = gp->schedlink;
+    pp->gfreecnt--;
+    return gp;
+  }
+  std::lock_guard lock(gfree_lock);
+  if (!gfree_global) {
+    gfree_global = galloc_block_locked();
+    gfree_global_n = galloc_block;
+  }
+  g* gp = gfree_global;
+  gfree_global = gp->schedlink;
+  gfree_global_n--;
+  if (pp) {
+    // Refill the P's list with a batch, so that the lock is taken once for it.
+    for (int i = 0; i < gfree_batch && gfree_global; ++i) {
+      g* g2 = gfree_global;
+      gfree_global = g2->schedlink;
+      gfree_global_n--;
+      g2->schedlink = pp->gfree;
+      pp->gfree = g2;
+      pp->gfreecnt++;
     }
-    throw std::length_error("urge::go: the goroutine's arguments (" +
-                            std::to_string(closure_size) +
-                            " bytes) do not fit its stack; pass large objects by pointer");
   }
-  auto* gp = reinterpret_cast<g*>(gaddr);
-  if (gp->magic == g_magic) {
-    // A recycled slot: keep its place in allgs.
-    g* link = gp->alllink;
-    gp->~g();
-    new (gp) g;
-    gp->alllink = link;
-    gp->magic = g_magic;
-  } else {
-    new (gp) g;
-    gp->magic = g_magic;
-    g* head = allgs_head.load(std::memory_order_relaxed);
-    do {
-      gp->alllink = head;
-    } while (!allgs_head.compare_exchange_weak(head, gp, std::memory_order_release,
-                                               std::memory_order_relaxed));
+  return gp;
+}
+
+// Puts a dead G on pp's free list, or the global one (Go's gfput).
+static void gfput(p* pp, g* gp) {
+  if (pp) {
+    gp->schedlink = pp->gfree;
+    pp->gfree = gp;
+    if (++pp->gfreecnt <= gfree_local_max) return;
+    // Too many: move a batch to the global list, for other Ps.
+    std::lock_guard lock(gfree_lock);
+    while (pp->gfreecnt > gfree_local_max - gfree_batch) {
+      g* g2 = pp->gfree;
+      pp->gfree = g2->schedlink;
+      pp->gfreecnt--;
+      g2->schedlink = gfree_global;
+      gfree_global = g2;
+      gfree_global_n++;
+    }
+    return;
   }
+  std::lock_guard lock(gfree_lock);
+  gp->schedlink = gfree_global;
+  gfree_global = gp;
+  gfree_global_n++;
+}
+
+// At shutdown: pp's free Gs go to the global list (Ps do not outlive run()).
+static void gfpurge(p* pp) {
+  std::lock_guard lock(gfree_lock);
+  while (g* gp = pp->gfree) {
+    pp->gfree = gp->schedlink;
+    gp->schedlink = gfree_global;
+    gfree_global = gp;
+    gfree_global_n++;
+  }
+  pp->gfreecnt = 0;
+}
+
+// A G for a new goroutine, with its stack reserved and room for its closure:
+// in the G when the closure fits (the stack is bound at the first run), else
+// at the top of the stack, below which the context is made now.
+static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, void** closure) {
+  const bool fits = closure_size <= g_closure_room && closure_align <= 16;
+  if (!fits) {
+    // Checked before anything is taken; the stack's size is the pool's.
+    const std::size_t room = (closure_size + closure_align - 1) & ~(closure_align - 1);
+    if (room + 16 * 1024 > sched->stacks->stack_size()) {
+      throw std::length_error("urge::go: the goroutine's arguments (" +
+                              std::to_string(closure_size) +
+                              " bytes) do not fit its stack; pass large objects by pointer");
+    }
+  }
+  platform::stack stk = pp ? pp->stackcache.get(*sched->stacks) : sched->stacks->acquire();
+  g* gp = gfget(pp);
+  g* link = gp->alllink;
+  gp->~g();
+  new (gp) g;
+  gp->alllink = link;
+  gp->magic = g_magic;
   gp->stk = stk;
+  gp->closure_size = static_cast<std::uint32_t>(closure_size);
+  if (fits) {
+    *closure = gp->closure_room;  // ctx.sp stays null: bind_stack makes the context
+    return gp;
+  }
+  auto top = reinterpret_cast<std::uintptr_t>(stk.hi());
+  auto caddr = (top - closure_size) & ~(std::uintptr_t{closure_align} - 1);
   *closure = reinterpret_cast<void*>(caddr);
   // The context's stack ends below the closure.
   arch::make_context(gp->ctx, stk.lo, caddr - reinterpret_cast<std::uintptr_t>(stk.lo),
                      goroutine_entry, gp);
   return gp;
+}
+
+// First run of a goroutine whose stack is not bound (see "Stacks of new
+// goroutines"): trade the reserved stack for the warmest one of pp's cache
+// and make the context on it.
+__attribute__((noinline)) static void bind_stack(p* pp, g* gp) {
+  pp->stackcache.exchange_top(gp->stk);
+  arch::make_context(gp->ctx, gp->stk.lo, gp->stk.size, goroutine_entry, gp);
 }
 
 static void freeg_unused(p* pp, g* gp) {
@@ -1170,6 +1302,7 @@ static void freeg_unused(p* pp, g* gp) {
   } else {
     sched->stacks->release(gp->stk);
   }
+  gfput(pp, gp);
 }
 
 // Makes a newly built G runnable on mp's P (runnext), or globally without a P.
@@ -1396,11 +1529,22 @@ spawn_slot newproc_begin(std::size_t closure_size, std::size_t closure_align, cl
 }
 
 void newproc_commit(spawn_slot slot) noexcept {
-  preempt_off_scope no_preempt;
-  m* mp = getm();
-  // newproc_begin ran on this goroutine; a closure constructor that yields
-  // may have moved us to another M, which getm() accounts for.
-  newproc_ready(mp, static_cast<g*>(slot.g));
+  {
+    preempt_off_scope no_preempt;
+    m* mp = getm();
+    // newproc_begin ran on this goroutine; a closure constructor that yields
+    // may have moved us to another M, which getm() accounts for.
+    newproc_ready(mp, static_cast<g*>(slot.g));
+  }
+  // A preemption point, as every call is in Go (the callee's stack check
+  // sees the request). A goroutine that only spawns is otherwise seldom
+  // stoppable: it spends most of its time in the runtime, and when a signal
+  // does stop it, it resumes from its M's private queue after a single other
+  // goroutine. Without this, a loop of go() on one P kept the P until it was
+  // done, and every goroutine it made was alive at once (a million stacks
+  // touched where Go, preempting it to the back of the global queue every
+  // quantum, has a quantum's worth).
+  check_preempt();
 }
 
 void newproc_abort(spawn_slot slot) noexcept {
@@ -1512,13 +1656,17 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   trace_stop();  // after the joins: no M may still be writing to a trace buffer
   // Abandon the goroutines still alive: their stacks go back to the pool,
   // their destructors never run (as Go's goroutines end with main).
-  for (p* pp : sched->allp) pp->stackcache.flush(*sched->stacks);
+  for (p* pp : sched->allp) {
+    pp->stackcache.flush(*sched->stacks);
+    gfpurge(pp);
+  }
   for (g* gp = allgs(); gp; gp = gp->alllink) {
     gstatus st = gp->status.load(std::memory_order_acquire);
     if (st != gstatus::dead && st != gstatus::idle) {
       arch::destroy_context(gp->ctx);
       gp->status.store(gstatus::dead, std::memory_order_release);
       sched->stacks->release(gp->stk);
+      gfput(nullptr, gp);
     }
   }
   const bool deadlock = sched->deadlock;

@@ -102,34 +102,48 @@ struct eh_globals {
 
 inline constexpr std::uint32_t g_magic = 0x676f7267;  // "gorg"
 
-// A goroutine. It lives at the top of its own stack (see newproc_begin), so
-// creating one is one stack from the P's cache and no heap allocation.
-struct g {
-  arch::context ctx;               // saved context while not running; owner
-  platform::stack stk;             // owner
+// Room in a g for the callable of `go` and its arguments. A closure that
+// fits lives here, and the goroutine's stack is bound at its first run (see
+// "Stacks of new goroutines" in proc.cpp); a larger one goes to the top of
+// its stack at once. 88 bytes make the g 320: a lambda with a few captures
+// fits, as does a function with ten word-sized arguments.
+inline constexpr std::size_t g_closure_room = 88;
+
+// A goroutine. Gs are allocated in blocks, never freed, and reused from
+// per-P and global free lists (Go's gFree); every G ever made is on allgs.
+struct alignas(64) g {
+  // Saved context while not running; owner. sp == nullptr until the first
+  // run of a goroutine created with its stack unbound (see above).
+  arch::context ctx;
+  // Owner. Reserved at creation (that is where running out of stacks is
+  // reported), but exchanged at the first run for a recently used one.
+  platform::stack stk;
   std::atomic<gstatus> status{gstatus::idle};
+  std::uint32_t magic = 0;         // g_magic from allocation on (for debuggers walking allgs)
   std::uint64_t goid = 0;          // set at creation
-  g* schedlink = nullptr;          // run queue batches and the global queue; their lock
+  g* schedlink = nullptr;          // run queue batches, the global queue, free lists; their lock
   // Set only in an M's proxy (m::lockedproxy): this run-queue entry stands
   // for that M's stopped goroutines. See "Stopped goroutines and their
   // threads" in proc.cpp. Fixed.
   m* lockedm = nullptr;
   m* curm = nullptr;               // the M running it (running, syscall); owner
-  std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
-  waitreason reason = waitreason::zero;  // why it is waiting; set before parking
   std::int64_t waitsince = 0;      // nanotime when it parked
   void* param = nullptr;           // set by whoever readies it (channels: the winning case)
   detail::closure_fn fn = nullptr; // entry: fn(closure)
-  void* closure = nullptr;
+  void* closure = nullptr;         // in closure_room, or at the top of stk
   void* creator_pc = nullptr;      // the `go` statement's return address
   std::uint64_t parent_goid = 0;
-  bool is_main = false;
-  std::uint32_t magic = 0;         // g_magic once in allgs (the slot is reused with its stack)
   g* alllink = nullptr;            // allgs: push-only list, read lock-free
   timer sleep_timer;               // for sleep(): one per G, as Go's g.timer
   int user_locks = 0;              // pthread locks held, while not running (preempt.hpp)
   eh_globals eh;                   // its exception state, while not running; owner
+  std::uint32_t closure_size = 0;  // bytes at closure (the tracer names goroutines by them)
+  std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
+  waitreason reason = waitreason::zero;  // why it is waiting; set before parking
+  bool is_main = false;
+  alignas(16) unsigned char closure_room[g_closure_room];
 };
+static_assert(sizeof(g) == 320, "a G is five cache lines: see g_closure_room");
 
 // A worker thread.
 struct m {
@@ -193,6 +207,8 @@ struct p {
   run_queue<g> runq;
   timer_heap timers;
   platform::stack_cache stackcache;  // owner
+  g* gfree = nullptr;              // dead Gs to reuse (Go's p.gFree); owner
+  int gfreecnt = 0;                // owner
   int cpu = -1;                    // the CPU its M is pinned to, or -1
   // sysmon's view (sysmon only).
   std::uint32_t sysmon_schedtick = 0;

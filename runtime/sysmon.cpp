@@ -198,7 +198,7 @@ void schedtrace(bool detailed) {
                  pp->id, static_cast<unsigned>(pp->status.load(std::memory_order_relaxed)),
                  pp->schedtick_pub.load(std::memory_order_relaxed),
                  pp->syscalltick.load(std::memory_order_relaxed), mp ? mp->id : -1,
-                 pp->runq.size(), pp->stackcache.size(), pp->timers.size());
+                 pp->runq.size(), static_cast<std::size_t>(pp->gfreecnt), pp->timers.size());
   }
   for (m* mp = sched->allm; mp; mp = mp->alllink) {
     if (mp->exited) continue;

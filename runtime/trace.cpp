@@ -551,8 +551,8 @@ void trace_go_create(g* gp) {
   gi.fn = reinterpret_cast<std::uintptr_t>(gp->fn);
   gi.creator_pc = reinterpret_cast<std::uintptr_t>(gp->creator_pc);
   gi.is_main = gp->is_main;
-  auto* end = reinterpret_cast<char*>(gp);  // the closure ends where the g starts
   auto* start = static_cast<char*>(gp->closure);
+  char* end = start ? start + gp->closure_size : nullptr;
   if (!gp->is_main && start && start + sizeof(std::uintptr_t) <= end) {
     std::memcpy(&gi.w_first, start, sizeof gi.w_first);
     std::memcpy(&gi.w_last, end - sizeof gi.w_last, sizeof gi.w_last);

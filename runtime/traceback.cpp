@@ -610,6 +610,11 @@ void print_created_by(std::FILE* out, g* gp) {
 namespace {
 void print_traceback_parked_impl(std::FILE* out, g* gp) {
   snapshot s;
+  if (!gp->ctx.sp) {
+    // Its stack is bound at its first run ("Stacks of new goroutines" in proc.cpp).
+    std::fputs("\t(not started yet)\n", out);
+    return;
+  }
   if (!read_parked_regs(gp, s.regs)) {
     std::fputs("\t(no saved context)\n", out);
     return;

@@ -258,6 +258,40 @@ TEST_P(Procs, HundredThousandGoroutinesAllComplete) {
   EXPECT_EQ(created, static_cast<std::uint64_t>(kN) + 1) << "main counts as one";
 }
 
+// A goroutine that does nothing but spawn must still give up its P after a
+// quantum: go() is a preemption point (in Go every call is, through the
+// callee's stack check). With one P and cooperative preemption only, the
+// spawned goroutines can run only if the spawner yields at a go(). (Before,
+// the spawner kept the P until it stopped spawning, and a burst of a million
+// goroutines lived all at once: a million stacks touched.)
+TEST(Sched, SpawningLoopIsPreemptedAtGo) {
+  urge::config cfg = procs(1);
+  cfg.async_preempt = false;  // only the cooperative request can stop the loop
+  cfg.quantum = 1ms;
+  // Far more than a quantum allows even on a loaded machine or under qemu;
+  // bounds a failure (every goroutine spawned then is live at once).
+  constexpr long kLimit = 1'000'000;
+  long spawned = 0;
+  urge::run(cfg, [&] {
+    std::atomic<bool> ran{false};
+    std::atomic<long> live{0};
+    urge::wait_group wg;
+    while (!ran.load(std::memory_order_relaxed) && spawned < kLimit) {
+      wg.add(1);
+      live.fetch_add(1, std::memory_order_relaxed);
+      urge::go([&] {
+        ran.store(true, std::memory_order_relaxed);
+        live.fetch_sub(1, std::memory_order_relaxed);
+        wg.done();
+      });
+      ++spawned;
+    }
+    wg.wait();
+    EXPECT_EQ(live.load(), 0);
+  });
+  EXPECT_LT(spawned, kLimit) << "the spawning loop was never preempted";
+}
+
 // A node spawns kFanout children and adds up what they report; leaves report
 // their own number. depth 4 makes 11,111 goroutines.
 void tree_node(int depth, long value, long* out, urge::wait_group* parent) {

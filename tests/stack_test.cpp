@@ -1,7 +1,10 @@
 // platform/stack: pooled, guarded goroutine stacks.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -75,6 +78,62 @@ TEST(StackPool, CacheMovesStacksInBatches) {
   EXPECT_EQ(st.stacks_free, st.stacks_total);
 }
 
+// exchange_top hands out the most recently put stack and files the given
+// one at the bottom: the next exchange finds the next warm stack, not the
+// one just filed, and an overflow returns the filed ones to the pool first.
+TEST(StackPool, CacheExchangeTakesTheWarmestAndFilesTheColdAtTheBottom) {
+  stack_pool pool;
+  urge::platform::stack_cache cache;
+  stack empty_probe = pool.acquire();
+  stack before = empty_probe;
+  cache.exchange_top(empty_probe);  // an empty cache has nothing to give
+  EXPECT_EQ(empty_probe.lo, before.lo);
+  EXPECT_EQ(cache.size(), 0u);
+
+  stack warm1 = pool.acquire(), warm2 = pool.acquire(), cold1 = pool.acquire(),
+        cold2 = pool.acquire();
+  cache.put(pool, warm1);
+  cache.put(pool, warm2);
+  stack s = cold1;
+  cache.exchange_top(s);
+  EXPECT_EQ(s.lo, warm2.lo) << "the most recently put stack";
+  stack t = cold2;
+  cache.exchange_top(t);
+  EXPECT_EQ(t.lo, warm1.lo) << "the next warm one, not the cold one just filed";
+  EXPECT_EQ(cache.size(), 2u);
+  // Then the cold ones, in the order they were filed (each went below the other).
+  stack a = cache.get(pool), b = cache.get(pool);
+  EXPECT_EQ(a.lo, cold1.lo);
+  EXPECT_EQ(b.lo, cold2.lo);
+  EXPECT_EQ(cache.size(), 0u);
+
+  // Overflow returns the bottom half: fill with `capacity` stacks, the first
+  // half marked by address; one more put sends exactly those to the pool.
+  constexpr std::size_t cap = urge::platform::stack_cache::capacity;
+  std::vector<stack> fill;
+  for (std::size_t i = 0; i < cap; ++i) fill.push_back(pool.acquire());
+  for (const stack& f : fill) cache.put(pool, f);
+  const std::size_t free_before = pool.get_stats().stacks_free;
+  cache.put(pool, a);
+  EXPECT_EQ(pool.get_stats().stacks_free, free_before + cap / 2);
+  EXPECT_EQ(cache.size(), cap / 2 + 1);
+  std::vector<stack> kept;
+  while (cache.size()) kept.push_back(cache.get(pool));
+  std::set<char*> kept_lo;
+  for (const stack& k : kept) kept_lo.insert(k.lo);
+  for (std::size_t i = 0; i < cap; ++i) {
+    EXPECT_EQ(kept_lo.count(fill[i].lo), i < cap / 2 ? 0u : 1u) << "stack " << i;
+  }
+  EXPECT_EQ(kept_lo.count(a.lo), 1u);
+  for (const stack& k : kept) pool.release(k);
+  pool.release(empty_probe);
+  pool.release(s);
+  pool.release(t);
+  pool.release(b);
+  auto st = pool.get_stats();
+  EXPECT_EQ(st.stacks_free, st.stacks_total);
+}
+
 TEST(StackPool, BudgetExhaustionIsAClearError) {
   stack_pool::options o;
   o.max_stacks = 3;
@@ -134,6 +193,43 @@ TEST(StackPool, OneMillionStacks) {
               before, during, max_map_count(), st.guard_region, st.protected_page, st.canary);
   for (auto& x : s) pool.release(x);
   EXPECT_EQ(pool.get_stats().stacks_free, pool.get_stats().stacks_total);
+}
+
+// Every slot of every slab gets its guard, however the guards are installed
+// (guard regions go in batches of a thousand ranges per system call). The
+// kernel refuses to read a guard page: write(2) from it fails with EFAULT.
+// 4,000 stacks span slabs of every size (16, 32, ... 1024 slots).
+TEST(StackPool, EveryStackHasAFaultingGuard) {
+  stack_pool pool;
+  if (pool.preferred_guard() == guard_kind::canary) GTEST_SKIP() << "no faulting guards here";
+  constexpr std::size_t kStacks = 4000;
+  std::vector<stack> s;
+  for (std::size_t i = 0; i < kStacks; ++i) s.push_back(pool.acquire());
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  std::size_t faulting = 0, checked = 0;
+  for (const stack& x : s) {
+    if (x.guard == guard_kind::canary) continue;  // the mapping budget ran out (protected pages)
+    ++checked;
+    const char* guard = x.lo - 1;  // the last byte of the guard page
+    errno = 0;
+    ssize_t w = write(fds[1], guard, 1);
+    if (w < 0 && errno == EFAULT) {
+      ++faulting;
+    } else if (w == 1) {
+      char c;
+      ASSERT_EQ(read(fds[0], &c, 1), 1);
+    }
+    // The stack itself is ordinary memory.
+    ASSERT_EQ(write(fds[1], x.hi() - 1, 1), 1);
+    char c;
+    ASSERT_EQ(read(fds[0], &c, 1), 1);
+  }
+  close(fds[0]);
+  close(fds[1]);
+  EXPECT_GT(checked, 0u);
+  EXPECT_EQ(faulting, checked);
+  for (auto& x : s) pool.release(x);
 }
 
 // ---- Overflow ---------------------------------------------------------------

@@ -134,6 +134,11 @@ class G:
     def running(self):
         return self.status in ("running", "syscall")
 
+    def started(self):
+        """False for a goroutine that has not run yet: its stack is bound,
+        and its context made, at its first run (g::ctx.sp is null until then)."""
+        return self.sp != 0
+
     def saved_regs(self):
         """(sp after the switch frame is popped, pc, fp) from the switch frame."""
         f = FRAMES[_arch()]
@@ -266,6 +271,10 @@ def _user_function(g):
             return first or ("?", 0)
         finally:
             prev.switch()
+    if not g.started():
+        # No stack yet (bound at the first run): name its entry function.
+        fn = int(g.val["fn"])
+        return _symbol(fn) or "?", fn
     _, pc, fp = g.saved_regs()
     for fpc, _ in fp_walk(pc, fp):
         # Return addresses: the call is the instruction before.
@@ -368,6 +377,8 @@ def _run_in_goroutine(g, cmd):
         finally:
             prev.switch()
         return
+    if not g.started():
+        raise gdb.GdbError("goroutine %d has not started: it has no stack yet" % g.goid)
     _unwinder.regs = g.saved_register_values()
     gdb.invalidate_cached_frames()
     try:
