@@ -18,14 +18,16 @@ bool unlock_chan(g*, void* arg) {
   return true;
 }
 
+[[noreturn]] __attribute__((noinline, cold)) void throw_no_goroutine(hchan* c, const char* what) {
+  if (c) c->lock.unlock();
+  throw std::logic_error(std::string("urge::chan: ") + what +
+                         " would block outside a goroutine (call it from urge::run)");
+}
+
 // Blocking needs a goroutine to park: a plain thread cannot wait here.
-g* parking_goroutine(hchan* c, const char* what) {
+inline g* parking_goroutine(hchan* c, const char* what) {
   g* gp = getg();
-  if (!gp) {
-    if (c) c->lock.unlock();
-    throw std::logic_error(std::string("urge::chan: ") + what +
-                           " would block outside a goroutine (call it from urge::run)");
-  }
+  if (__builtin_expect(!gp, 0)) throw_no_goroutine(c, what);
   return gp;
 }
 
@@ -79,7 +81,7 @@ op chansend(hchan* c, void* ep, bool block) {
   s.gp = parking_goroutine(c, "send");
   s.elem = ep;
   c->sendq.enqueue(&s);
-  gopark(unlock_chan, c, waitreason::chan_send);
+  gopark(s.gp, unlock_chan, c, waitreason::chan_send);
   // Woken by a receiver (it took our value) or by close.
   return s.success ? op::done : op::closed;
 }
@@ -123,7 +125,7 @@ op chanrecv(hchan* c, void* opt, bool block) {
   s.gp = parking_goroutine(c, "receive");
   s.elem = opt;
   c->recvq.enqueue(&s);
-  gopark(unlock_chan, c, waitreason::chan_receive);
+  gopark(s.gp, unlock_chan, c, waitreason::chan_receive);
   return s.success ? op::done : op::closed;
 }
 

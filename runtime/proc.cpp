@@ -496,17 +496,43 @@ __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& i
       return lockedq_pop(mp);
     }
   }
-  return pp->runq.get(inherit);
+  // With one P nobody steals (thieves are the owners of other Ps).
+  return pp->runq.get(inherit, sched->gomaxprocs == 1);
 }
 
 // Performs the after-switch action recorded by the context that switched to
 // us (see "Parking"). Runs on whatever context now runs on mp.
-static void run_pending_slow(m* mp, after_switch act);
+__attribute__((noinline)) static void run_pending_slow(m* mp, after_switch act);
 
-// The yield case inline, the rest out of line.
-void run_pending(m* mp) {
+// A park called off by its unlockf (the awaited event already happened): the
+// goroutine runs next instead.
+__attribute__((noinline)) static void park_called_off(m* mp, g* gp) {
+  gp->status.store(gstatus::runnable, std::memory_order_release);
+  runqput(mp->curp, gp, true);
+}
+
+// The timers and completions pick_local left for after a parking goroutine's
+// unlockf (see pick_local).
+__attribute__((noinline)) static void after_park_poll(p* pp) {
+  run_due_timers(pp);
+  if (netpoll_has_waiters()) netpoll_check_local(pp, false);
+}
+
+// The two cases of nearly every switch inline, a park (a goroutine blocked on
+// a channel, a semaphore, the network) and a yield; the rest out of line.
+__attribute__((always_inline)) inline void run_pending(m* mp) {
   after_switch act = mp->pending;
   if (act == after_switch::none) return;
+  if (act == after_switch::park) {
+    mp->pending = after_switch::none;
+    unlock_fn f = mp->pending_unlock;
+    if (!f) return;
+    if (__builtin_expect(!f(mp->pending_g, mp->pending_arg), 0)) park_called_off(mp, mp->pending_g);
+    if (p* pp = mp->curp) {
+      if (pp->timers.earliest() != 0 || netpoll_has_waiters()) after_park_poll(pp);
+    }
+    return;
+  }
   if (act == after_switch::ready_local) {
     mp->pending = after_switch::none;
     g* gp = mp->pending_g;
@@ -532,19 +558,7 @@ static void run_pending_slow(m* mp, after_switch act) {
       globrunqput(gp);
       break;
     }
-    case after_switch::park:
-      if (mp->pending_unlock) {
-        if (!mp->pending_unlock(gp, mp->pending_arg)) {
-          // The park was called off (the awaited event already happened).
-          gp->status.store(gstatus::runnable, std::memory_order_release);
-          runqput(mp->curp, gp, true);
-        }
-        // The timers pick_local left for after the unlock.
-        if (mp->curp) {
-          run_due_timers(mp->curp);
-          if (netpoll_has_waiters()) netpoll_check_local(mp->curp, false);
-        }
-      }
+    case after_switch::park:  // run_pending's
       break;
     case after_switch::exit:
       arch::destroy_context(gp->ctx);
@@ -604,7 +618,9 @@ __attribute__((noinline)) static void resumed(m* back) {
 // Every switch is made with preempt_off raised by one, and the context that
 // resumes lowers it after run_pending (g0 keeps a baseline of one instead):
 // no signal may stop a goroutine halfway through the scheduler.
-static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, void* arg = nullptr) {
+__attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_switch act,
+                                                         unlock_fn f = nullptr,
+                                                         void* arg = nullptr) {
   ++preempt_off;
   mp->pending = act;
   mp->pending_g = gp;
@@ -642,6 +658,10 @@ void gopark_locked_to_m() {
 void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   g* gp = getg();
   if (!gp) fatal("gopark outside a goroutine");
+  gopark(gp, unlockf, arg, reason);
+}
+
+void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason) {
   gp->reason = reason;
   // Even the coarse clock costs ~9 ns here, a third of a switch; dumps only
   // show whole minutes. So reuse the P's reading while it is on the same
@@ -660,30 +680,41 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
 
-void goready(g* gp, bool next) {
+[[noreturn]] __attribute__((noinline, cold)) static void goready_bad_status(g* gp, gstatus st) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "goready: goroutine %llu has status %s, not waiting",
+                static_cast<unsigned long long>(gp->goid), to_string(st));
+  fatal(buf);
+}
+
+// Not inlined: it reads tls_m directly (see getm), which is safe only in a
+// frame that no context switch crosses.
+__attribute__((noinline)) void goready(g* gp, bool next) {
   preempt_off_scope no_preempt;
-  gstatus expect = gstatus::waiting;
-  if (!gp->status.compare_exchange_strong(expect, gstatus::runnable, std::memory_order_acq_rel)) {
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "goready: goroutine %llu has status %s, not waiting",
-                  static_cast<unsigned long long>(gp->goid), to_string(expect));
-    fatal(buf);
-  }
+  // A load and a store, not Go's CAS: exactly one waker readies a parked
+  // goroutine (the one that took its waiter record out of a queue under that
+  // queue's lock, or won its select), so nothing races with this write and
+  // the locked instruction would buy nothing on the wakeup path. The check
+  // still catches a waker that comes after another one (a double wakeup).
+  gstatus st = gp->status.load(std::memory_order_relaxed);
+  if (__builtin_expect(st != gstatus::waiting, 0)) goready_bad_status(gp, st);
+  gp->status.store(gstatus::runnable, std::memory_order_release);
   gp->reason = waitreason::zero;
-  m* mp = getm();
+  m* mp = tls_m;
   if (trace_on) {
     g* by = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
     URGE_TRACE_EVENT(go_unblock, gp->goid, by ? by->goid : 0);
   } else {
     URGE_USDT(go_unblock, gp->goid, 0);
   }
-  if (mp && mp->curp) {
-    runqput(mp->curp, gp, next);
+  if (p* pp = mp ? mp->curp : nullptr) {
+    auto overflow = pp->runq.put(gp, next);
+    if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
   } else {
     std::lock_guard lock(sched->lock);
     globrunqput(gp);
   }
-  wakep();
+  if (sched->npidle.load(std::memory_order_acquire) != 0) wakep();
 }
 
 static void gosched_global(g* gp) {

@@ -44,8 +44,16 @@ class run_queue {
   // queue.
   batch put(G* gp, bool next) {
     if (next) {
-      G* old = runnext_.exchange(gp, std::memory_order_acq_rel);
-      if (!old) return {};
+      // Only the owner makes runnext non-null; thieves only empty it. So an
+      // empty runnext stays empty until we store, and a failed CAS means a
+      // thief just emptied it: a plain store does in both cases, saving the
+      // locked instruction on the common path (a channel wakeup into an
+      // empty runnext).
+      G* old = runnext_.load(std::memory_order_relaxed);
+      if (!old || !runnext_.compare_exchange_strong(old, gp, std::memory_order_acq_rel)) {
+        runnext_.store(gp, std::memory_order_release);
+        return {};
+      }
       gp = old;  // kick the old runnext to the tail
     }
     for (;;) {
@@ -63,14 +71,23 @@ class run_queue {
   }
 
   // Owner only. Takes runnext (inherit = true: it keeps the time slice), else
-  // the head of the ring. nullptr when empty.
-  G* get(bool& inherit) {
+  // the head of the ring. nullptr when empty. no_thieves: the caller knows
+  // nobody else can take from this queue (the only P: thieves are other Ps'
+  // owners), so plain stores replace the CASes.
+  G* get(bool& inherit, bool no_thieves = false) {
     G* next = runnext_.load(std::memory_order_relaxed);
-    // Only the owner sets runnext to non-null, so a failed CAS means a thief
-    // took it: fall through to the ring.
-    if (next && runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acq_rel)) {
-      inherit = true;
-      return next;
+    if (next) {
+      if (no_thieves) {
+        runnext_.store(nullptr, std::memory_order_relaxed);
+        inherit = true;
+        return next;
+      }
+      // Only the owner sets runnext to non-null, so a failed CAS means a
+      // thief took it: fall through to the ring.
+      if (runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acq_rel)) {
+        inherit = true;
+        return next;
+      }
     }
     inherit = false;
     for (;;) {
@@ -78,6 +95,10 @@ class run_queue {
       std::uint32_t t = tail_.load(std::memory_order_relaxed);
       if (t == h) return nullptr;
       G* gp = slots_[h % capacity].load(std::memory_order_relaxed);
+      if (no_thieves) {
+        head_.store(h + 1, std::memory_order_release);
+        return gp;
+      }
       if (head_.compare_exchange_weak(h, h + 1, std::memory_order_release)) return gp;
     }
   }

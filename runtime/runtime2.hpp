@@ -240,6 +240,9 @@ m* getm();
 // hold a lock, enqueue a waiter record, park with an unlockf that releases
 // the lock. Go's gopark.
 void gopark(unlock_fn unlockf, void* arg, waitreason reason);
+// The same for a caller that has the running goroutine at hand (gp ==
+// getg()), saving the lookup on the channel paths.
+void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason);
 
 // Makes a parked goroutine runnable, in the caller's runnext (it inherits the
 // time slice) when `next`, and wakes an idle P if there is one. Callable from
