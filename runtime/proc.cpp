@@ -454,7 +454,7 @@ static void run_due_timers(p* pp) {
   }
 }
 
-__attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
+__attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit) {
   if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 1)) {
@@ -500,6 +500,23 @@ __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& i
   return pp->runq.get(inherit, sched->gomaxprocs == 1);
 }
 
+// pick_local_slow when none of its checks can find anything: only the run
+// queue is left, taken inline (a switch path with few registers to save).
+__attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
+  if (__builtin_expect((pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) ||
+                           pp->timers.earliest() != 0 || netpoll_has_waiters() ||
+                           mp->lockedq_head != nullptr,
+                       0)) {
+    return pick_local_slow(mp, pp, inherit);
+  }
+  return pp->runq.get(inherit, sched->gomaxprocs == 1);
+}
+
+bool parkunlock(g*, void* lock) {
+  static_cast<futex_mutex*>(lock)->unlock();
+  return true;
+}
+
 // Performs the after-switch action recorded by the context that switched to
 // us (see "Parking"). Runs on whatever context now runs on mp.
 __attribute__((noinline)) static void run_pending_slow(m* mp, after_switch act);
@@ -518,8 +535,9 @@ __attribute__((noinline)) static void after_park_poll(p* pp) {
   if (netpoll_has_waiters()) netpoll_check_local(pp, false);
 }
 
-// The two cases of nearly every switch inline, a park (a goroutine blocked on
-// a channel, a semaphore, the network) and a yield; the rest out of line.
+// The cases of nearly every switch inline, a park (a goroutine blocked on a
+// channel, a semaphore, the network) and a yield; the rest out of line, so
+// that these paths need few registers saved.
 __attribute__((always_inline)) inline void run_pending(m* mp) {
   after_switch act = mp->pending;
   if (act == after_switch::none) return;
@@ -527,18 +545,21 @@ __attribute__((always_inline)) inline void run_pending(m* mp) {
     mp->pending = after_switch::none;
     unlock_fn f = mp->pending_unlock;
     if (!f) return;
-    if (__builtin_expect(!f(mp->pending_g, mp->pending_arg), 0)) park_called_off(mp, mp->pending_g);
+    if (f == parkunlock) {
+      static_cast<futex_mutex*>(mp->pending_arg)->unlock();
+    } else if (__builtin_expect(!f(mp->pending_g, mp->pending_arg), 0)) {
+      park_called_off(mp, mp->pending_g);
+    }
     if (p* pp = mp->curp) {
       if (pp->timers.earliest() != 0 || netpoll_has_waiters()) after_park_poll(pp);
     }
     return;
   }
-  if (act == after_switch::ready_local) {
+  if (act == after_switch::ready_local) {  // a yield
     mp->pending = after_switch::none;
     g* gp = mp->pending_g;
     gp->status.store(gstatus::runnable, std::memory_order_release);
-    auto overflow = mp->curp->runq.put(gp, false);
-    if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
+    if (!mp->curp->runq.put_tail_fast(gp)) runqput(mp->curp, gp, false);
     return;
   }
   run_pending_slow(mp, act);
@@ -548,10 +569,12 @@ static void run_pending_slow(m* mp, after_switch act) {
   mp->pending = after_switch::none;
   g* gp = mp->pending_g;
   switch (act) {
-    case after_switch::ready_local:
+    case after_switch::ready_local: {
       gp->status.store(gstatus::runnable, std::memory_order_release);
-      runqput(mp->curp, gp, false);
+      auto overflow = mp->curp->runq.put(gp, false);
+      if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
       break;
+    }
     case after_switch::ready_global: {
       gp->status.store(gstatus::runnable, std::memory_order_release);
       std::lock_guard lock(sched->lock);
@@ -687,6 +710,24 @@ void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason) {
   fatal(buf);
 }
 
+// goready's less common cases: tracing on, or no P (a thread outside the
+// scheduler, a timer callback on an M without one).
+__attribute__((noinline)) static void goready_slow(g* gp, bool next, m* mp) {
+  if (trace_on) {
+    g* by = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
+    URGE_TRACE_EVENT(go_unblock, gp->goid, by ? by->goid : 0);
+  } else {
+    URGE_USDT(go_unblock, gp->goid, 0);
+  }
+  if (p* pp = mp ? mp->curp : nullptr) {
+    runqput(pp, gp, next);
+  } else {
+    std::lock_guard lock(sched->lock);
+    globrunqput(gp);
+  }
+  wakep();
+}
+
 // Not inlined: it reads tls_m directly (see getm), which is safe only in a
 // frame that no context switch crosses.
 __attribute__((noinline)) void goready(g* gp, bool next) {
@@ -701,19 +742,13 @@ __attribute__((noinline)) void goready(g* gp, bool next) {
   gp->status.store(gstatus::runnable, std::memory_order_release);
   gp->reason = waitreason::zero;
   m* mp = tls_m;
-  if (trace_on) {
-    g* by = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
-    URGE_TRACE_EVENT(go_unblock, gp->goid, by ? by->goid : 0);
-  } else {
-    URGE_USDT(go_unblock, gp->goid, 0);
+  p* pp = mp ? mp->curp : nullptr;
+  if (__builtin_expect(trace_on || !pp, 0)) {
+    goready_slow(gp, next, mp);
+    return;
   }
-  if (p* pp = mp ? mp->curp : nullptr) {
-    auto overflow = pp->runq.put(gp, next);
-    if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
-  } else {
-    std::lock_guard lock(sched->lock);
-    globrunqput(gp);
-  }
+  URGE_USDT(go_unblock, gp->goid, 0);
+  if (!(next ? pp->runq.put_runnext_fast(gp) : pp->runq.put_tail_fast(gp))) runqput(pp, gp, next);
   if (sched->npidle.load(std::memory_order_acquire) != 0) wakep();
 }
 

@@ -70,6 +70,26 @@ class run_queue {
     }
   }
 
+  // Owner only. Appends gp at the tail if the ring has room (no runnext, no
+  // overflow); false otherwise, leaving the rest to put.
+  bool put_tail_fast(G* gp) {
+    std::uint32_t h = head_.load(std::memory_order_acquire);
+    std::uint32_t t = tail_.load(std::memory_order_relaxed);
+    if (t - h >= capacity) return false;
+    slots_[t % capacity].store(gp, std::memory_order_relaxed);
+    tail_.store(t + 1, std::memory_order_release);
+    return true;
+  }
+
+  // Owner only. Puts gp in runnext if it is empty (nothing to kick out);
+  // false otherwise, leaving the rest to put. See put for why a plain store
+  // does.
+  bool put_runnext_fast(G* gp) {
+    if (runnext_.load(std::memory_order_relaxed)) return false;
+    runnext_.store(gp, std::memory_order_release);
+    return true;
+  }
+
   // Owner only. Takes runnext (inherit = true: it keeps the time slice), else
   // the head of the ring. nullptr when empty. no_thieves: the caller knows
   // nobody else can take from this queue (the only P: thieves are other Ps'

@@ -99,6 +99,9 @@ struct g {
   m* curm = nullptr;               // the M running it (running, syscall); owner
   std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
   waitreason reason = waitreason::zero;  // why it is waiting; set before parking
+  // pthread locks held, while not running (preempt.hpp). With the fields
+  // around it, in the g's first cache line: every switch reads and writes it.
+  int user_locks = 0;
   std::int64_t waitsince = 0;      // nanotime when it parked
   void* param = nullptr;           // set by whoever readies it (channels: the winning case)
   detail::closure_fn fn = nullptr; // entry: fn(closure)
@@ -109,7 +112,6 @@ struct g {
   std::uint32_t magic = 0;         // g_magic once in allgs (the slot is reused with its stack)
   g* alllink = nullptr;            // allgs: push-only list, read lock-free
   timer sleep_timer;               // for sleep(): one per G, as Go's g.timer
-  int user_locks = 0;              // pthread locks held, while not running (preempt.hpp)
 };
 
 // A worker thread.
@@ -243,6 +245,16 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason);
 // The same for a caller that has the running goroutine at hand (gp ==
 // getg()), saving the lookup on the channel paths.
 void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason);
+
+// The unlockf of goparkunlock: releases the futex_mutex at lock. The
+// scheduler recognises it and unlocks inline, without the indirect call.
+bool parkunlock(g* gp, void* lock);
+
+// Parks gp (the running goroutine), releasing l once it is off the CPU: the
+// common case of gopark (Go's goparkunlock).
+inline void goparkunlock(g* gp, futex_mutex* l, waitreason reason) {
+  gopark(gp, parkunlock, l, reason);
+}
 
 // Makes a parked goroutine runnable, in the caller's runnext (it inherits the
 // time slice) when `next`, and wakes an idle P if there is one. Callable from
