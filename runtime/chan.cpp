@@ -13,19 +13,16 @@ namespace urge::runtime {
 
 namespace {
 
-bool unlock_chan(g*, void* arg) {
-  static_cast<hchan*>(arg)->lock.unlock();
-  return true;
+[[noreturn]] __attribute__((noinline, cold)) void throw_no_goroutine(hchan* c, const char* what) {
+  if (c) c->lock.unlock();
+  throw std::logic_error(std::string("urge::chan: ") + what +
+                         " would block outside a goroutine (call it from urge::run)");
 }
 
 // Blocking needs a goroutine to park: a plain thread cannot wait here.
-g* parking_goroutine(hchan* c, const char* what) {
+inline g* parking_goroutine(hchan* c, const char* what) {
   g* gp = getg();
-  if (!gp) {
-    if (c) c->lock.unlock();
-    throw std::logic_error(std::string("urge::chan: ") + what +
-                           " would block outside a goroutine (call it from urge::run)");
-  }
+  if (__builtin_expect(!gp, 0)) throw_no_goroutine(c, what);
   return gp;
 }
 
@@ -79,7 +76,7 @@ op chansend(hchan* c, void* ep, bool block) {
   s.gp = parking_goroutine(c, "send");
   s.elem = ep;
   c->sendq.enqueue(&s);
-  gopark(unlock_chan, c, waitreason::chan_send);
+  goparkunlock(s.gp, &c->lock, waitreason::chan_send);
   // Woken by a receiver (it took our value) or by close.
   return s.success ? op::done : op::closed;
 }
@@ -123,7 +120,7 @@ op chanrecv(hchan* c, void* opt, bool block) {
   s.gp = parking_goroutine(c, "receive");
   s.elem = opt;
   c->recvq.enqueue(&s);
-  gopark(unlock_chan, c, waitreason::chan_receive);
+  goparkunlock(s.gp, &c->lock, waitreason::chan_receive);
   return s.success ? op::done : op::closed;
 }
 
@@ -132,33 +129,6 @@ op chanrecv(hchan* c, void* opt, bool block) {
 }
 
 }  // namespace
-
-g* send_to_waiter(hchan* c, sudog* sg, void* src) {
-  c->type->emplace(sg->elem, src);
-  sg->success = true;
-  g* gp = sg->gp;
-  gp->param = sg;  // a select learns from this which case won
-  return gp;
-}
-
-g* recv_from_waiter(hchan* c, sudog* sg, void* opt) {
-  if (c->dataqsiz == 0) {
-    c->type->emplace(opt, sg->elem);
-  } else {
-    // The buffer is full (a sender waits): take its head and put the
-    // sender's value in the slot freed, which becomes the tail.
-    void* qp = c->slot(c->recvx);
-    c->type->emplace(opt, qp);
-    c->destroy(qp);
-    c->construct(qp, sg->elem);
-    if (++c->recvx == c->dataqsiz) c->recvx = 0;
-    c->sendx = c->recvx;
-  }
-  sg->success = true;
-  g* gp = sg->gp;
-  gp->param = sg;
-  return gp;
-}
 
 void buf_send(hchan* c, void* src) {
   c->construct(c->slot(c->sendx), src);

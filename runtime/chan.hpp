@@ -151,11 +151,35 @@ using detail::hchan;
 // any.
 
 // Go's send: moves *src into the waiting receiver sg (dequeued from recvq).
-g* send_to_waiter(hchan* c, sudog* sg, void* src);
+inline g* send_to_waiter(hchan* c, sudog* sg, void* src) {
+  c->type->emplace(sg->elem, src);
+  sg->success = true;
+  g* gp = sg->gp;
+  gp->param = sg;  // a select learns from this which case won
+  return gp;
+}
+
 // Go's recv: takes a value for *opt from the waiting sender sg (dequeued
 // from sendq): the sender's own value if unbuffered, else the head of the
 // full buffer, the sender's value going to its tail.
-g* recv_from_waiter(hchan* c, sudog* sg, void* opt);
+inline g* recv_from_waiter(hchan* c, sudog* sg, void* opt) {
+  if (c->dataqsiz == 0) {
+    c->type->emplace(opt, sg->elem);
+  } else {
+    // The buffer is full (a sender waits): take its head and put the
+    // sender's value in the slot freed, which becomes the tail.
+    void* qp = c->slot(c->recvx);
+    c->type->emplace(opt, qp);
+    c->destroy(qp);
+    c->construct(qp, sg->elem);
+    if (++c->recvx == c->dataqsiz) c->recvx = 0;
+    c->sendx = c->recvx;
+  }
+  sg->success = true;
+  g* gp = sg->gp;
+  gp->param = sg;
+  return gp;
+}
 // Buffer operations; the caller checked there is room / a value.
 void buf_send(hchan* c, void* src);
 void buf_recv(hchan* c, void* opt);

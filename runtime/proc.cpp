@@ -553,7 +553,7 @@ static void run_due_timers(p* pp) {
   }
 }
 
-__attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
+__attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit) {
   if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 1)) {
@@ -595,23 +595,71 @@ __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& i
       return lockedq_pop(mp);
     }
   }
-  return pp->runq.get(inherit);
+  // With one P nobody steals (thieves are the owners of other Ps).
+  return pp->runq.get(inherit, sched->gomaxprocs == 1);
+}
+
+// pick_local_slow when none of its checks can find anything: only the run
+// queue is left, taken inline (a switch path with few registers to save).
+__attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
+  if (__builtin_expect((pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) ||
+                           pp->timers.earliest() != 0 || netpoll_has_waiters() ||
+                           mp->lockedq_head != nullptr,
+                       0)) {
+    return pick_local_slow(mp, pp, inherit);
+  }
+  return pp->runq.get(inherit, sched->gomaxprocs == 1);
+}
+
+bool parkunlock(g*, void* lock) {
+  static_cast<futex_mutex*>(lock)->unlock();
+  return true;
 }
 
 // Performs the after-switch action recorded by the context that switched to
 // us (see "Parking"). Runs on whatever context now runs on mp.
-static void run_pending_slow(m* mp, after_switch act);
+__attribute__((noinline)) static void run_pending_slow(m* mp, after_switch act);
 
-// The yield case inline, the rest out of line.
-void run_pending(m* mp) {
+// A park called off by its unlockf (the awaited event already happened): the
+// goroutine runs next instead.
+__attribute__((noinline)) static void park_called_off(m* mp, g* gp) {
+  URGE_TRACE_EVENT_M(mp, go_unblock, gp->goid, 0);
+  gp->status.store(gstatus::runnable, std::memory_order_release);
+  runqput(mp->curp, gp, true);
+}
+
+// The timers and completions pick_local left for after a parking goroutine's
+// unlockf (see pick_local).
+__attribute__((noinline)) static void after_park_poll(p* pp) {
+  run_due_timers(pp);
+  if (netpoll_has_waiters()) netpoll_check_local(pp, false);
+}
+
+// The cases of nearly every switch inline, a park (a goroutine blocked on a
+// channel, a semaphore, the network) and a yield; the rest out of line, so
+// that these paths need few registers saved.
+__attribute__((always_inline)) inline void run_pending(m* mp) {
   after_switch act = mp->pending;
   if (act == after_switch::none) return;
-  if (act == after_switch::ready_local) {
+  if (act == after_switch::park) {
+    mp->pending = after_switch::none;
+    unlock_fn f = mp->pending_unlock;
+    if (!f) return;
+    if (f == parkunlock) {
+      static_cast<futex_mutex*>(mp->pending_arg)->unlock();
+    } else if (__builtin_expect(!f(mp->pending_g, mp->pending_arg), 0)) {
+      park_called_off(mp, mp->pending_g);
+    }
+    if (p* pp = mp->curp) {
+      if (pp->timers.earliest() != 0 || netpoll_has_waiters()) after_park_poll(pp);
+    }
+    return;
+  }
+  if (act == after_switch::ready_local) {  // a yield
     mp->pending = after_switch::none;
     g* gp = mp->pending_g;
     gp->status.store(gstatus::runnable, std::memory_order_release);
-    auto overflow = mp->curp->runq.put(gp, false);
-    if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
+    if (!mp->curp->runq.put_tail_fast(gp)) runqput(mp->curp, gp, false);
     return;
   }
   run_pending_slow(mp, act);
@@ -621,30 +669,19 @@ static void run_pending_slow(m* mp, after_switch act) {
   mp->pending = after_switch::none;
   g* gp = mp->pending_g;
   switch (act) {
-    case after_switch::ready_local:
+    case after_switch::ready_local: {
       gp->status.store(gstatus::runnable, std::memory_order_release);
-      runqput(mp->curp, gp, false);
+      auto overflow = mp->curp->runq.put(gp, false);
+      if (__builtin_expect(overflow.n != 0, 0)) runqput_overflow(overflow);
       break;
+    }
     case after_switch::ready_global: {
       gp->status.store(gstatus::runnable, std::memory_order_release);
       std::lock_guard lock(sched->lock);
       globrunqput(gp);
       break;
     }
-    case after_switch::park:
-      if (mp->pending_unlock) {
-        if (!mp->pending_unlock(gp, mp->pending_arg)) {
-          // The park was called off (the awaited event already happened).
-          URGE_TRACE_EVENT_M(mp, go_unblock, gp->goid, 0);
-          gp->status.store(gstatus::runnable, std::memory_order_release);
-          runqput(mp->curp, gp, true);
-        }
-        // The timers pick_local left for after the unlock.
-        if (mp->curp) {
-          run_due_timers(mp->curp);
-          if (netpoll_has_waiters()) netpoll_check_local(mp->curp, false);
-        }
-      }
+    case after_switch::park:  // run_pending's
       break;
     case after_switch::exit:
       arch::destroy_context(gp->ctx);
@@ -705,7 +742,9 @@ __attribute__((noinline)) static void resumed(m* back) {
 // Every switch is made with preempt_off raised by one, and the context that
 // resumes lowers it after run_pending (g0 keeps a baseline of one instead):
 // no signal may stop a goroutine halfway through the scheduler.
-static m* switch_away(g* gp, m* mp, after_switch act, unlock_fn f = nullptr, void* arg = nullptr) {
+__attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_switch act,
+                                                         unlock_fn f = nullptr,
+                                                         void* arg = nullptr) {
   ++preempt_off;
   mp->pending = act;
   mp->pending_g = gp;
@@ -753,6 +792,10 @@ void gopark_locked_to_m() {
 void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   g* gp = getg();
   if (!gp) fatal("gopark outside a goroutine");
+  gopark(gp, unlockf, arg, reason);
+}
+
+void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason) {
   gp->reason = reason;
   // Even the coarse clock costs ~9 ns here, a third of a switch; dumps only
   // show whole minutes. So reuse the P's reading while it is on the same
@@ -771,16 +814,14 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
 
-void goready_mark(g* gp) {
-  gstatus expect = gstatus::waiting;
-  if (!gp->status.compare_exchange_strong(expect, gstatus::runnable, std::memory_order_acq_rel)) {
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "goready: goroutine %llu has status %s, not waiting",
-                  static_cast<unsigned long long>(gp->goid), to_string(expect));
-    fatal(buf);
-  }
-  gp->reason = waitreason::zero;
-  m* mp = getm();
+[[noreturn]] __attribute__((noinline, cold)) static void goready_bad_status(g* gp, gstatus st) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "goready: goroutine %llu has status %s, not waiting",
+                static_cast<unsigned long long>(gp->goid), to_string(st));
+  fatal(buf);
+}
+
+static void trace_unblock(g* gp, m* mp) {
   if (URGE_TRACE_ENABLED()) {
     g* by = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
     URGE_TRACE_EVENT_M(mp, go_unblock, gp->goid, by ? by->goid : 0);
@@ -789,17 +830,53 @@ void goready_mark(g* gp) {
   }
 }
 
-void goready(g* gp, bool next) {
-  preempt_off_scope no_preempt;
-  goready_mark(gp);
-  m* mp = getm();
-  if (mp && mp->curp) {
-    runqput(mp->curp, gp, next);
+// The netpoller's readying: waking sources race there (a completion and a
+// deadline's cancellation), so the status moves by CAS and the loser is
+// caught. The caller queues or runs the goroutine.
+void goready_mark(g* gp) {
+  gstatus expect = gstatus::waiting;
+  if (!gp->status.compare_exchange_strong(expect, gstatus::runnable, std::memory_order_acq_rel)) {
+    goready_bad_status(gp, expect);
+  }
+  gp->reason = waitreason::zero;
+  trace_unblock(gp, getm());
+}
+
+// goready's less common cases: tracing on, or no P (a thread outside the
+// scheduler, a timer callback on an M without one).
+__attribute__((noinline)) static void goready_slow(g* gp, bool next, m* mp) {
+  trace_unblock(gp, mp);
+  if (p* pp = mp ? mp->curp : nullptr) {
+    runqput(pp, gp, next);
   } else {
     std::lock_guard lock(sched->lock);
     globrunqput(gp);
   }
   wakep();
+}
+
+// Not inlined: it reads tls_m directly (see getm), which is safe only in a
+// frame that no context switch crosses.
+__attribute__((noinline)) void goready(g* gp, bool next) {
+  preempt_off_scope no_preempt;
+  // A load and a store, not Go's CAS: exactly one waker readies a parked
+  // goroutine (the one that took its waiter record out of a queue under that
+  // queue's lock, or won its select), so nothing races with this write and
+  // the locked instruction would buy nothing on the wakeup path. The check
+  // still catches a waker that comes after another one (a double wakeup).
+  gstatus st = gp->status.load(std::memory_order_relaxed);
+  if (__builtin_expect(st != gstatus::waiting, 0)) goready_bad_status(gp, st);
+  gp->status.store(gstatus::runnable, std::memory_order_release);
+  gp->reason = waitreason::zero;
+  m* mp = tls_m;
+  p* pp = mp ? mp->curp : nullptr;
+  if (__builtin_expect(URGE_TRACE_ENABLED() || !pp, 0)) {
+    goready_slow(gp, next, mp);
+    return;
+  }
+  URGE_USDT(go_unblock, gp->goid, 0);
+  if (!(next ? pp->runq.put_runnext_fast(gp) : pp->runq.put_tail_fast(gp))) runqput(pp, gp, next);
+  if (sched->npidle.load(std::memory_order_acquire) != 0) wakep();
 }
 
 static void gosched_global(g* gp) {

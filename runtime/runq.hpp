@@ -44,8 +44,16 @@ class run_queue {
   // queue.
   batch put(G* gp, bool next) {
     if (next) {
-      G* old = runnext_.exchange(gp, std::memory_order_acq_rel);
-      if (!old) return {};
+      // Only the owner makes runnext non-null; thieves only empty it. So an
+      // empty runnext stays empty until we store, and a failed CAS means a
+      // thief just emptied it: a plain store does in both cases, saving the
+      // locked instruction on the common path (a channel wakeup into an
+      // empty runnext).
+      G* old = runnext_.load(std::memory_order_relaxed);
+      if (!old || !runnext_.compare_exchange_strong(old, gp, std::memory_order_acq_rel)) {
+        runnext_.store(gp, std::memory_order_release);
+        return {};
+      }
       gp = old;  // kick the old runnext to the tail
     }
     for (;;) {
@@ -62,15 +70,44 @@ class run_queue {
     }
   }
 
+  // Owner only. Appends gp at the tail if the ring has room (no runnext, no
+  // overflow); false otherwise, leaving the rest to put.
+  bool put_tail_fast(G* gp) {
+    std::uint32_t h = head_.load(std::memory_order_acquire);
+    std::uint32_t t = tail_.load(std::memory_order_relaxed);
+    if (t - h >= capacity) return false;
+    slots_[t % capacity].store(gp, std::memory_order_relaxed);
+    tail_.store(t + 1, std::memory_order_release);
+    return true;
+  }
+
+  // Owner only. Puts gp in runnext if it is empty (nothing to kick out);
+  // false otherwise, leaving the rest to put. See put for why a plain store
+  // does.
+  bool put_runnext_fast(G* gp) {
+    if (runnext_.load(std::memory_order_relaxed)) return false;
+    runnext_.store(gp, std::memory_order_release);
+    return true;
+  }
+
   // Owner only. Takes runnext (inherit = true: it keeps the time slice), else
-  // the head of the ring. nullptr when empty.
-  G* get(bool& inherit) {
+  // the head of the ring. nullptr when empty. no_thieves: the caller knows
+  // nobody else can take from this queue (the only P: thieves are other Ps'
+  // owners), so plain stores replace the CASes.
+  G* get(bool& inherit, bool no_thieves = false) {
     G* next = runnext_.load(std::memory_order_relaxed);
-    // Only the owner sets runnext to non-null, so a failed CAS means a thief
-    // took it: fall through to the ring.
-    if (next && runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acq_rel)) {
-      inherit = true;
-      return next;
+    if (next) {
+      if (no_thieves) {
+        runnext_.store(nullptr, std::memory_order_relaxed);
+        inherit = true;
+        return next;
+      }
+      // Only the owner sets runnext to non-null, so a failed CAS means a
+      // thief took it: fall through to the ring.
+      if (runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acq_rel)) {
+        inherit = true;
+        return next;
+      }
     }
     inherit = false;
     for (;;) {
@@ -78,6 +115,10 @@ class run_queue {
       std::uint32_t t = tail_.load(std::memory_order_relaxed);
       if (t == h) return nullptr;
       G* gp = slots_[h % capacity].load(std::memory_order_relaxed);
+      if (no_thieves) {
+        head_.store(h + 1, std::memory_order_release);
+        return gp;
+      }
       if (head_.compare_exchange_weak(h, h + 1, std::memory_order_release)) return gp;
     }
   }

@@ -127,6 +127,12 @@ struct alignas(64) g {
   // threads" in proc.cpp. Fixed.
   m* lockedm = nullptr;
   m* curm = nullptr;               // the M running it (running, syscall); owner
+  std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
+  waitreason reason = waitreason::zero;  // why it is waiting; set before parking
+  // pthread locks held, while not running (preempt.hpp). With the fields
+  // around it, near the g's first cache line: every switch reads and writes it.
+  int user_locks = 0;
+  eh_globals eh;                   // its exception state, while not running; owner (every switch)
   std::int64_t waitsince = 0;      // nanotime when it parked
   void* param = nullptr;           // set by whoever readies it (channels: the winning case)
   detail::closure_fn fn = nullptr; // entry: fn(closure)
@@ -135,11 +141,7 @@ struct alignas(64) g {
   std::uint64_t parent_goid = 0;
   g* alllink = nullptr;            // allgs: push-only list, read lock-free
   timer sleep_timer;               // for sleep(): one per G, as Go's g.timer
-  int user_locks = 0;              // pthread locks held, while not running (preempt.hpp)
-  eh_globals eh;                   // its exception state, while not running; owner
   std::uint32_t closure_size = 0;  // bytes at closure (the tracer names goroutines by them)
-  std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
-  waitreason reason = waitreason::zero;  // why it is waiting; set before parking
   bool is_main = false;
   alignas(16) unsigned char closure_room[g_closure_room];
 };
@@ -289,6 +291,19 @@ m* getm();
 // hold a lock, enqueue a waiter record, park with an unlockf that releases
 // the lock. Go's gopark.
 void gopark(unlock_fn unlockf, void* arg, waitreason reason);
+// The same for a caller that has the running goroutine at hand (gp ==
+// getg()), saving the lookup on the channel paths.
+void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason);
+
+// The unlockf of goparkunlock: releases the futex_mutex at lock. The
+// scheduler recognises it and unlocks inline, without the indirect call.
+bool parkunlock(g* gp, void* lock);
+
+// Parks gp (the running goroutine), releasing l once it is off the CPU: the
+// common case of gopark (Go's goparkunlock).
+inline void goparkunlock(g* gp, futex_mutex* l, waitreason reason) {
+  gopark(gp, parkunlock, l, reason);
+}
 
 // Makes a parked goroutine runnable, in the caller's runnext (it inherits the
 // time slice) when `next`, and wakes an idle P if there is one. Callable from

@@ -21,7 +21,6 @@ void startm(p* pp, bool spinning);
 void wakep();
 void handoffp(p* pp);
 void wake_netpoller(std::int64_t when);
-void run_pending(m* mp);
 void begin_stop_locked();  // needs sched.lock
 void enter_blocking_call();
 void exit_blocking_call();

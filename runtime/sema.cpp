@@ -87,11 +87,6 @@ void lock_root(semaroot* r) {
   }
 }
 
-bool unlock_root(g*, void* arg) {
-  static_cast<semaroot*>(arg)->lock.unlock();
-  return true;
-}
-
 }  // namespace
 
 void semacquire(std::atomic<std::uint32_t>* addr, bool lifo, waitreason reason) {
@@ -122,7 +117,7 @@ void semacquire(std::atomic<std::uint32_t>* addr, bool lifo, waitreason reason) 
       return;
     }
     enqueue(root, &s, lifo);
-    gopark(unlock_root, root, reason);
+    goparkunlock(s.gp, &root->lock, reason);
     if (s.ticket || cansemacquire(addr)) return;
     lifo = true;  // woken but beaten to it: wait at the front
   }

