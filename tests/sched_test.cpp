@@ -914,7 +914,8 @@ TEST(Sched, RunWorksAgainAfterAbandoningParkedGoroutines) {
                           wg.add(4);
                           for (int k = 0; k < 4; ++k) {
                             urge::go([&] {
-                              std::lock_guard lock(mu);
+                              // Unlocked before done: main's return ends mu.
+                              { std::lock_guard lock(mu); }
                               wg.done();
                             });
                           }
