@@ -48,7 +48,10 @@
 // waiter's deadline wakes it (wake_netpoller, named after Go's, whose role
 // the network poller takes over once it blocks with a timeout). Ms stay out
 // of the idle list while they are the timer waiter, so deadlock detection
-// does not fire while a timer can still wake a goroutine.
+// does not fire while a timer can still wake a goroutine. When the poll
+// readies goroutines, the waiter takes an idle P and runs them itself, as
+// Go's findrunnable does with netpoll's list; only when every P is busy do
+// they go to the global queue.
 //
 // Stopped goroutines and their threads
 // ------------------------------------

@@ -72,10 +72,20 @@ start() {
   exit 1
 }
 
+# stop: kills the server and waits until its port is free. A process killed
+# with an io_uring multishot accept in flight leaves the listening socket to
+# the kernel's asynchronous ring teardown, which may still hold it for a
+# moment after the process is gone; the next server's bind would then fail.
 stop() {
   kill "$server_pid" 2>/dev/null || true
   wait "$server_pid" 2>/dev/null || true
   server_pid=""
+  for _ in $(seq 100); do
+    if ! ss -Hltn "sport = :$PORT" | grep -q .; then return 0; fi
+    sleep 0.05
+  done
+  echo "http_compare.sh: $ADDR is still in use after the server exited" >&2
+  exit 1
 }
 
 # wrk's latency ("1.23ms", "850.00us", "1.02s") in ms.

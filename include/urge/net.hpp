@@ -80,10 +80,10 @@ class conn {
   // Half-close: the peer reads end of stream; this side may still read.
   void close_write();
 
-  std::string local_address() const;   // "127.0.0.1:34567", "[::1]:80", "/tmp/s.sock"
+  std::string local_address() const;  // "127.0.0.1:34567", "[::1]:80", "/tmp/s.sock"
   std::string remote_address() const;
-  int native_handle() const;            // -1 when closed
-  explicit operator bool() const;       // open: not closed, moved from or default-constructed
+  int native_handle() const;       // -1 when closed
+  explicit operator bool() const;  // open: not closed, moved from or default-constructed
 
  private:
   friend class listener;
@@ -115,15 +115,15 @@ class listener {
   conn accept(std::error_code& ec) noexcept;
   std::uint16_t port() const;  // the bound port (for "host:0"); 0 for unix
   std::string address() const;
-  void close() noexcept;       // wakes a goroutine blocked in accept
-  int native_handle() const;             // -1 when closed
-  explicit operator bool() const;        // open
+  void close() noexcept;           // wakes a goroutine blocked in accept
+  int native_handle() const;       // -1 when closed
+  explicit operator bool() const;  // open
 
  private:
   friend listener listen(std::string_view, std::string_view);
   void reset() noexcept;
   runtime::poll_desc* pd_ = nullptr;  // as conn's: kept until destruction or a move
-  std::string unix_path_;  // removed by the close() that closes the socket
+  std::string unix_path_;             // removed by the close() that closes the socket
 };
 
 // Throws std::system_error: a malformed address or unknown network names the
