@@ -105,13 +105,13 @@ inline constexpr std::uint32_t g_magic = 0x676f7267;  // "gorg"
 // Room in a g for the callable of `go` and its arguments. A closure that
 // fits lives here, and the goroutine's stack is bound at its first run (see
 // "Stacks of new goroutines" in proc.cpp); a larger one goes to the top of
-// its stack at once. 88 bytes make the g 320: a lambda with a few captures
-// fits, as does a function with ten word-sized arguments.
-inline constexpr std::size_t g_closure_room = 88;
+// its stack at once. 48 bytes (the G is 240): a lambda with a few captures
+// fits, as does a function with five word-sized arguments.
+inline constexpr std::size_t g_closure_room = 48;
 
 // A goroutine. Gs are allocated in blocks, never freed, and reused from
 // per-P and global free lists (Go's gFree); every G ever made is on allgs.
-struct alignas(64) g {
+struct g {
   // Saved context while not running; owner. sp == nullptr until the first
   // run of a goroutine created with its stack unbound (see above).
   arch::context ctx;
@@ -140,12 +140,14 @@ struct alignas(64) g {
   void* creator_pc = nullptr;      // the `go` statement's return address
   std::uint64_t parent_goid = 0;
   g* alllink = nullptr;            // allgs: push-only list, read lock-free
-  timer sleep_timer;               // for sleep(): one per G, as Go's g.timer
+  // For sleep(): allocated at the G's first sleep and kept with it (Go's
+  // g.timer); most goroutines never sleep. Owner.
+  timer* sleep_timer = nullptr;
   std::uint32_t closure_size = 0;  // bytes at closure (the tracer names goroutines by them)
   bool is_main = false;
   alignas(16) unsigned char closure_room[g_closure_room];
 };
-static_assert(sizeof(g) == 320, "a G is five cache lines: see g_closure_room");
+static_assert(sizeof(g) == 240, "see g_closure_room: a parked goroutine pays for its G");
 
 // A worker thread.
 struct m {
