@@ -727,7 +727,9 @@ TEST(Sched, RunWorksAgainAfterAbandoningParkedGoroutines) {
                           wg.add(4);
                           for (int k = 0; k < 4; ++k) {
                             urge::go([&] {
-                              std::lock_guard lock(mu);
+                              { std::lock_guard lock(mu); }
+                              // After the unlock: once the last done() wakes
+                              // main, main returns and mu (in its frame) dies.
                               wg.done();
                             });
                           }
