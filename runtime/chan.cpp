@@ -38,7 +38,7 @@ std::align_val_t chan_align(const detail::chan_elem* t) {
 enum class op { done, closed, would_block };
 
 // Go's chansend. ep is the T to move from.
-op chansend(hchan* c, void* ep, bool block) {
+__attribute__((always_inline)) inline op chansend(hchan* c, void* ep, bool block) {
   if (!c) {
     if (!block) return op::would_block;
     parking_goroutine(nullptr, "send on a nil channel");
@@ -83,7 +83,7 @@ op chansend(hchan* c, void* ep, bool block) {
 
 // Go's chanrecv. opt is the std::optional<T> to emplace into; left empty
 // when the channel is closed.
-op chanrecv(hchan* c, void* opt, bool block) {
+__attribute__((always_inline)) inline op chanrecv(hchan* c, void* opt, bool block) {
   if (!c) {
     if (!block) return op::would_block;
     parking_goroutine(nullptr, "receive from a nil channel");
@@ -129,20 +129,6 @@ op chanrecv(hchan* c, void* opt, bool block) {
 }
 
 }  // namespace
-
-void buf_send(hchan* c, void* src) {
-  c->construct(c->slot(c->sendx), src);
-  if (++c->sendx == c->dataqsiz) c->sendx = 0;
-  c->qcount.store(c->qcount.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-}
-
-void buf_recv(hchan* c, void* opt) {
-  void* qp = c->slot(c->recvx);
-  c->type->emplace(opt, qp);
-  c->destroy(qp);
-  if (++c->recvx == c->dataqsiz) c->recvx = 0;
-  c->qcount.store(c->qcount.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-}
 
 bool chan_send_nonblocking(hchan* c, void* elem) {
   return chansend(c, elem, false) == op::done;

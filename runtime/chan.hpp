@@ -130,7 +130,18 @@ struct hchan {
   // Moves the T at src into raw storage at dst.
   void construct(void* dst, void* src) const {
     if (type->trivial) {
-      std::memcpy(dst, src, type->size);
+      // The common sizes with a constant length, which the compiler turns
+      // into a move; a run-time length is a call into libc's memcpy.
+      switch (type->size) {
+        case 8:
+          std::memcpy(dst, src, 8);
+          break;
+        case 4:
+          std::memcpy(dst, src, 4);
+          break;
+        default:
+          std::memcpy(dst, src, type->size);
+      }
     } else {
       type->construct(dst, src);
     }
@@ -181,8 +192,19 @@ inline g* recv_from_waiter(hchan* c, sudog* sg, void* opt) {
   return gp;
 }
 // Buffer operations; the caller checked there is room / a value.
-void buf_send(hchan* c, void* src);
-void buf_recv(hchan* c, void* opt);
+inline void buf_send(hchan* c, void* src) {
+  c->construct(c->slot(c->sendx), src);
+  if (++c->sendx == c->dataqsiz) c->sendx = 0;
+  c->qcount.store(c->qcount.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+inline void buf_recv(hchan* c, void* opt) {
+  void* qp = c->slot(c->recvx);
+  c->type->emplace(opt, qp);
+  c->destroy(qp);
+  if (++c->recvx == c->dataqsiz) c->recvx = 0;
+  c->qcount.store(c->qcount.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+}
 
 // Parks the calling goroutine for ever (nil channel, empty select).
 [[noreturn]] void block_forever(waitreason reason);

@@ -605,10 +605,10 @@ __attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit)
 // pick_local_slow when none of its checks can find anything: only the run
 // queue is left, taken inline (a switch path with few registers to save).
 __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
-  if (__builtin_expect((pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) ||
-                           pp->timers.earliest() != 0 || netpoll_has_waiters() ||
-                           mp->lockedq_head != nullptr,
-                       0)) {
+  if (__builtin_expect(
+          (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) ||
+              pp->timers.earliest() != 0 || netpoll_has_waiters() || mp->lockedq_head != nullptr,
+          0)) {
     return pick_local_slow(mp, pp, inherit);
   }
   return pp->runq.get(inherit, sched->gomaxprocs == 1);
@@ -684,7 +684,7 @@ static void run_pending_slow(m* mp, after_switch act) {
       globrunqput(gp);
       break;
     }
-    case after_switch::park:  // run_pending's
+    case after_switch::park:  // done by run_pending, inline
       break;
     case after_switch::exit:
       arch::destroy_context(gp->ctx);
@@ -746,8 +746,8 @@ __attribute__((noinline)) static void resumed(m* back) {
 // resumes lowers it after run_pending (g0 keeps a baseline of one instead):
 // no signal may stop a goroutine halfway through the scheduler.
 __attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_switch act,
-                                                         unlock_fn f = nullptr,
-                                                         void* arg = nullptr) {
+                                                            unlock_fn f = nullptr,
+                                                            void* arg = nullptr) {
   ++preempt_off;
   mp->pending = act;
   mp->pending_g = gp;
