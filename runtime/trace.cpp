@@ -96,6 +96,9 @@ std::string friendly_function_name(const std::string& demangled);
 void unwinder_ready();
 
 bool trace_on = false;
+// See "Tracing off" in trace.hpp. The alias names trace_on's mangled symbol.
+extern bool trace_on_hidden __attribute__((alias("_ZN4urge7runtime8trace_onE"),
+                                           visibility("hidden")));
 trace_buf* trace_bufs = nullptr;
 bool trace_use_counter = false;
 
