@@ -836,6 +836,10 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
 }
 
 void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason) {
+  // First, while its arguments are still in the registers they came in (a
+  // byte register and a memory operand: no moves, no callee-saved register
+  // across the clock call). Traced by switch_away.
+  URGE_USDT(go_block, gp->goid, reason);
   gp->reason = reason;
   // Even the coarse clock costs ~9 ns here, a third of a switch; dumps only
   // show whole minutes. So reuse the P's reading while it is on the same
@@ -849,7 +853,6 @@ void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason) {
   } else {
     gp->waitsince = coarse_nanotime();
   }
-  URGE_USDT(go_block, gp->goid, gp->reason);  // memory operands; traced by switch_away
   gp->status.store(gstatus::waiting, std::memory_order_release);
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
