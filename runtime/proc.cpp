@@ -810,7 +810,9 @@ __attribute__((always_inline)) inline static m* switch_away_as(g* gp, m* mp, aft
   return back;
 }
 
-__attribute__((noinline, cold)) static m* switch_away_traced(g* gp, m* mp, after_switch act,
+// Not cold: a cold function is optimised for size, and the recording code's
+// helpers (the clock read, the varints) would become calls.
+__attribute__((noinline)) static m* switch_away_traced(g* gp, m* mp, after_switch act,
                                                              unlock_fn f, void* arg) {
   return switch_away_as<true>(gp, mp, act, f, arg);
 }

@@ -111,9 +111,13 @@ extern bool trace_on;  // set by trace_start, read without synchronisation
 // without (-DURGE_TRACE_SITES=0) while tracing is off. What a site costs then:
 //  - the flag's test. trace_on has default visibility (tests and benchmarks
 //    outside the library read it), so code in a shared library would load
-//    its address from the GOT first: the library reads it instead through
-//    trace_on_hidden, a hidden alias of the same byte (glibc's hidden_def
-//    trick), one compare with an immediate and a branch;
+//    its address from the GOT first: the library reads trace_on_hidden
+//    instead, a hidden twin that trace_start and trace_stop write together
+//    with it: one compare with an immediate and a branch. Not an alias of
+//    the same byte (glibc's hidden_def): an executable that reads trace_on
+//    gets a copy relocation, its own copy of the byte, which the library's
+//    GOT then points at, and a hidden alias would go on reading the
+//    library's original, never written;
 //  - the USDT probe: a nop, plus whatever it takes to put its arguments where
 //    the note can name them. Arguments that are a register or a memory
 //    operand already cost nothing; a widening cast costs a move, so the
