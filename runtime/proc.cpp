@@ -753,7 +753,7 @@ __attribute__((noinline)) static void resumed(m* back) {
 // the recording code in the hot copy (see "Tracing off" in trace.hpp).
 template <bool traced>
 __attribute__((always_inline)) inline static m* switch_away_as(g* gp, m* mp, after_switch act,
-                                                            unlock_fn f, void* arg) {
+                                                               unlock_fn f, void* arg) {
   ++preempt_off;
   if (traced) {
     // Before the pick: a timer it runs may ready gp's waker, or gp itself.
@@ -812,14 +812,14 @@ __attribute__((always_inline)) inline static m* switch_away_as(g* gp, m* mp, aft
 
 // Not cold: a cold function is optimised for size, and the recording code's
 // helpers (the clock read, the varints) would become calls.
-__attribute__((noinline)) static m* switch_away_traced(g* gp, m* mp, after_switch act,
-                                                             unlock_fn f, void* arg) {
+__attribute__((noinline)) static m* switch_away_traced(g* gp, m* mp, after_switch act, unlock_fn f,
+                                                       void* arg) {
   return switch_away_as<true>(gp, mp, act, f, arg);
 }
 
 __attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_switch act,
-                                                         unlock_fn f = nullptr,
-                                                         void* arg = nullptr) {
+                                                            unlock_fn f = nullptr,
+                                                            void* arg = nullptr) {
   if (URGE_TRACE_ENABLED()) return switch_away_traced(gp, mp, act, f, arg);
   return switch_away_as<false>(gp, mp, act, f, arg);
 }
