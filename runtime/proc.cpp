@@ -519,11 +519,15 @@ static std::int64_t earliest_timer() {
 static void bind_stack(p* pp, g* gp);
 static void gfput(p* pp, g* gp);
 
-// switching: called by switch_away (for the trace: see trace.hpp).
+// switching: called by switch_away, which tested the tracer's flag already
+// and says in traced whether it is on; its go_start shares the time of the
+// event the switch recorded for the goroutine it leaves (see trace.hpp).
 __attribute__((always_inline)) inline static void prepare_execute(m* mp, p* pp, g* gp, bool inherit,
-                                                                  bool switching = false) {
+                                                                  bool switching = false,
+                                                                  bool traced = false) {
   if (switching) {
-    URGE_TRACE_SWITCH_START(mp, gp->goid, pp->id);
+    URGE_USDT(go_start, gp->goid, pp->id);
+    if (traced) trace_emit_m(mp, trace_ev::go_start, gp->goid, pp->id, /*share=*/true);
   } else {
     URGE_TRACE_EVENT_M(mp, go_start, gp->goid, pp->id);
   }
@@ -745,10 +749,34 @@ __attribute__((noinline)) static void resumed(m* back) {
 // Every switch is made with preempt_off raised by one, and the context that
 // resumes lowers it after run_pending (g0 keeps a baseline of one instead):
 // no signal may stop a goroutine halfway through the scheduler.
-__attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_switch act,
-                                                            unlock_fn f = nullptr,
-                                                            void* arg = nullptr) {
+//
+// traced: the out-of-line copy taken when the tracer is on, which records the
+// event of the goroutine it leaves (the probe fired at the caller) and the
+// go_start of the one it picks: one test of the flag per switch, and none of
+// the recording code in the hot copy (see "Tracing off" in trace.hpp).
+template <bool traced>
+__attribute__((always_inline)) inline static m* switch_away_as(g* gp, m* mp, after_switch act,
+                                                               unlock_fn f, void* arg) {
   ++preempt_off;
+  if (traced) {
+    // Before the pick: a timer it runs may ready gp's waker, or gp itself.
+    switch (act) {
+      case after_switch::park:
+        trace_emit_m(mp, trace_ev::go_block, gp->goid, static_cast<std::uint64_t>(gp->reason));
+        break;
+      case after_switch::ready_global:
+        trace_emit_m(mp, trace_ev::go_preempt, gp->goid, 0);
+        break;
+      case after_switch::ready_locked:
+        trace_emit_m(mp, trace_ev::go_preempt, gp->goid, 1);
+        break;
+      case after_switch::exit:
+        trace_emit_m(mp, trace_ev::go_end, gp->goid, 0);
+        break;
+      default:  // a yield: the next go_start on this P ends its run
+        break;
+    }
+  }
   mp->pending = act;
   mp->pending_g = gp;
   mp->pending_unlock = f;
@@ -766,7 +794,7 @@ __attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_
   }
   arch::context* to;
   if (next) {
-    prepare_execute(mp, pp, next, inherit, /*switching=*/true);
+    prepare_execute(mp, pp, next, inherit, /*switching=*/true, traced);
     to = &next->ctx;
   } else {
     mp->curg.store(nullptr, std::memory_order_relaxed);
@@ -785,9 +813,23 @@ __attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_
   return back;
 }
 
+// Not cold: a cold function is optimised for size, and the recording code's
+// helpers (the clock read, the varints) would become calls.
+__attribute__((noinline)) static m* switch_away_traced(g* gp, m* mp, after_switch act, unlock_fn f,
+                                                       void* arg) {
+  return switch_away_as<true>(gp, mp, act, f, arg);
+}
+
+__attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_switch act,
+                                                            unlock_fn f = nullptr,
+                                                            void* arg = nullptr) {
+  if (URGE_TRACE_ENABLED()) return switch_away_traced(gp, mp, act, f, arg);
+  return switch_away_as<false>(gp, mp, act, f, arg);
+}
+
 void gopark_locked_to_m() {
   g* gp = getg();
-  URGE_TRACE_EVENT_M(gp->curm, go_preempt, gp->goid, 1);
+  URGE_USDT(go_preempt, gp->goid, 1);  // traced by switch_away
   switch_away(gp, gp->curm, after_switch::ready_locked);
 }
 
@@ -799,6 +841,10 @@ void gopark(unlock_fn unlockf, void* arg, waitreason reason) {
 }
 
 void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason) {
+  // First, while its arguments are still in the registers they came in (a
+  // byte register and a memory operand: no moves, no callee-saved register
+  // across the clock call). Traced by switch_away.
+  URGE_USDT(go_block, gp->goid, reason);
   gp->reason = reason;
   // Even the coarse clock costs ~9 ns here, a third of a switch; dumps only
   // show whole minutes. So reuse the P's reading while it is on the same
@@ -812,7 +858,6 @@ void gopark(g* gp, unlock_fn unlockf, void* arg, waitreason reason) {
   } else {
     gp->waitsince = coarse_nanotime();
   }
-  URGE_TRACE_EVENT_M(gp->curm, go_block, gp->goid, static_cast<int>(reason));
   gp->status.store(gstatus::waiting, std::memory_order_release);
   switch_away(gp, gp->curm, after_switch::park, unlockf, arg);
 }
@@ -883,7 +928,7 @@ __attribute__((noinline)) void goready(g* gp, bool next) {
 }
 
 static void gosched_global(g* gp) {
-  URGE_TRACE_EVENT_M(gp->curm, go_preempt, gp->goid, 0);
+  URGE_USDT(go_preempt, gp->goid, 0);  // traced by switch_away
   switch_away(gp, gp->curm, after_switch::ready_global);
 }
 
@@ -1196,7 +1241,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 }
 
 [[noreturn]] static void goexit(g* gp) {
-  URGE_TRACE_EVENT_M(gp->curm, go_end, gp->goid, 0);
+  URGE_USDT(go_end, gp->goid, 0);  // traced by switch_away
   gp->status.store(gstatus::dead, std::memory_order_release);
   sched->ngoroutines.fetch_sub(1, std::memory_order_relaxed);
   switch_away(gp, gp->curm, after_switch::exit);

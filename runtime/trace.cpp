@@ -96,6 +96,7 @@ std::string friendly_function_name(const std::string& demangled);
 void unwinder_ready();
 
 bool trace_on = false;
+bool trace_on_hidden = false;  // trace_on's twin for the library: see "Tracing off"
 trace_buf* trace_bufs = nullptr;
 bool trace_use_counter = false;
 
@@ -594,12 +595,14 @@ void trace_start() {
     if (st != gstatus::dead && st != gstatus::idle) trace_go_create(gp);
   }
   trace_on = true;
+  trace_on_hidden = true;
 }
 
 void trace_stop() {
   tracer* t = g_tracer;
   if (!t) return;
   trace_on = false;
+  trace_on_hidden = false;
   g_tracer = nullptr;
   trace_bufs = nullptr;
   std::int64_t end_ns = platform::nanotime();

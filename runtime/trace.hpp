@@ -8,10 +8,10 @@
 //    buffer stamped with the CPU's counter (trace.cpp), turned into the file
 //    (nanoseconds, merged by time) when the runtime stops and converted by
 //    tools/urge-trace.
-// When tracing is off the cost is one predictable branch on a global; the
-// recording code sits out of the hot path's way (__builtin_expect puts it at
-// the end of the function). When it is on, an event made by an M with a P is
-// written inline, with no call, no lock and no atomic: see "Recording" below.
+// When tracing is off a site costs its probe's nop and one predictable branch
+// on a global; the scheduler's switch and wakeup paths pay less than that per
+// event: see "Tracing off" below. When it is on, an event made by an M with a
+// P is written inline, with no call, no lock and no atomic: see "Recording".
 // Goroutine creation uses URGE_TRACE_GO_CREATE(gp), which also notes the
 // goroutine's entry function and creation site for the file's name table.
 //
@@ -104,6 +104,45 @@ enum class trace_ev : std::uint8_t {
 };
 
 extern bool trace_on;  // set by trace_start, read without synchronisation
+
+// ---- Tracing off ---------------------------------------------------------------
+//
+// The goal is that a build with the sites costs nothing measurable over one
+// without (-DURGE_TRACE_SITES=0) while tracing is off. What a site costs then:
+//  - the flag's test. trace_on has default visibility (tests and benchmarks
+//    outside the library read it), so code in a shared library would load
+//    its address from the GOT first: the library reads trace_on_hidden
+//    instead, a hidden twin that trace_start and trace_stop write together
+//    with it: one compare with an immediate and a branch. Not an alias of
+//    the same byte (glibc's hidden_def): an executable that reads trace_on
+//    gets a copy relocation, its own copy of the byte, which the library's
+//    GOT then points at, and a hidden alias would go on reading the
+//    library's original, never written;
+//  - the USDT probe: a nop, plus whatever it takes to put its arguments where
+//    the note can name them. Arguments that are a register or a memory
+//    operand already cost nothing; a widening cast costs a move, so the
+//    probes pass the argument's own type (waitreason's byte, not an int);
+//  - the branches themselves, and the registers the recording code's call
+//    keeps live in the hot function.
+// A channel round trip is two wakeups and two switches. The wakeup (goready)
+// folds the flag into the branch it takes anyway for an M without a P. A
+// switch (switch_away in proc.cpp) tests the flag once, on entry, and goes
+// to an out-of-line copy of itself that records both the leaving goroutine's
+// event (go_block, go_preempt, go_end; gopark and its siblings only fire the
+// probe) and the go_start of the goroutine it picks: two events, one test,
+// and nothing of the recording code in the hot copy.
+//
+// Rejected: a trace flag in the P (as cheap to test, but Ps come and go with
+// procresize, and the events of an M without a P still need the global);
+// USDT semaphores (sys/sdt.h's _SDT_HAS_SEMAPHORES: a test and a branch per
+// probe, the very cost being removed, to spare arguments that are nearly
+// free already).
+#if defined(URGE_BUILDING_LIB)
+extern bool trace_on_hidden __attribute__((visibility("hidden")));
+#define URGE_TRACE_FLAG ::urge::runtime::trace_on_hidden
+#else
+#define URGE_TRACE_FLAG ::urge::runtime::trace_on
+#endif
 
 // ---- Recording -----------------------------------------------------------------
 //
@@ -231,7 +270,7 @@ void trace_stop();
 }  // namespace urge::runtime
 
 #if URGE_TRACE_SITES
-#define URGE_TRACE_ENABLED() __builtin_expect(::urge::runtime::trace_on, 0)
+#define URGE_TRACE_ENABLED() __builtin_expect(URGE_TRACE_FLAG, 0)
 #else
 #define URGE_TRACE_ENABLED() false
 #endif
@@ -247,8 +286,9 @@ void trace_stop();
 
 #define URGE_TRACE_EVENT(name, a, b) URGE_TRACE_EVENT_M(::urge::runtime::getm(), name, a, b)
 
-// go_start made by switch_away, right after the go_block or go_preempt of
-// the goroutine it leaves: shares that event's time.
+// go_start made by a switch, right after the go_block or go_preempt of the
+// goroutine it leaves: shares that event's time. (proc.cpp's switch records
+// it with trace_emit_m directly, past its one test: see "Tracing off".)
 #define URGE_TRACE_SWITCH_START(mp, goid, pid)                                        \
   do {                                                                                \
     URGE_USDT(go_start, goid, pid);                                                   \
