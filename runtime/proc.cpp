@@ -1015,7 +1015,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 // malloc and free per goroutine; such closures go on the top of the reserved
 // stack, which is then bound at once (the old scheme).
 //
-// The cost: a parked goroutine now holds its G (208 bytes) besides its stack
+// The cost: a parked goroutine now holds its G (216 bytes) besides its stack
 // page, where the G used to share the page.
 
 namespace {
@@ -1121,7 +1121,7 @@ static void gfpurge(p* pp) {
 // in the G when the closure fits (the stack is bound at the first run), else
 // at the top of the stack, below which the context is made now.
 static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, void** closure) {
-  const bool fits = closure_size <= g_closure_room && closure_align <= 16;
+  const bool fits = closure_size <= g_closure_room && closure_align <= alignof(std::uint64_t);
   if (!fits) {
     // Checked before anything is taken; the stack's size is the pool's.
     const std::size_t room = (closure_size + closure_align - 1) & ~(closure_align - 1);
@@ -1149,6 +1149,7 @@ static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, voi
   gp->closure_size = static_cast<std::uint32_t>(closure_size);
   if (fits) {
     *closure = gp->closure_room;  // ctx.sp stays null: bind_stack makes the context
+    gp->fp = arch::current_fp_control();
     return gp;
   }
   auto top = reinterpret_cast<std::uintptr_t>(stk.hi());
@@ -1165,7 +1166,7 @@ static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, voi
 // and make the context on it.
 __attribute__((noinline)) static void bind_stack(p* pp, g* gp) {
   pp->stackcache.exchange_top(gp->stk);
-  arch::make_context(gp->ctx, gp->stk.lo, gp->stk.size, goroutine_entry, gp);
+  arch::make_context(gp->ctx, gp->stk.lo, gp->stk.size, goroutine_entry, gp, gp->fp);
 }
 
 static void freeg_unused(p* pp, g* gp) {

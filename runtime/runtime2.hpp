@@ -91,7 +91,7 @@ inline constexpr std::uint32_t g_magic = 0x676f7267;  // "gorg"
 // Room in a g for the callable of `go` and its arguments. A closure that
 // fits lives here, and the goroutine's stack is bound at its first run (see
 // "Stacks of new goroutines" in proc.cpp); a larger one goes to the top of
-// its stack at once. 48 bytes (the G is 208): a lambda with a few captures
+// its stack at once. 48 bytes (the G is 216): a lambda with a few captures
 // fits, as does a function with five word-sized arguments.
 inline constexpr std::size_t g_closure_room = 48;
 
@@ -121,12 +121,15 @@ struct g {
   timer* sleep_timer = nullptr;
   int user_locks = 0;              // pthread locks held, while not running (preempt.hpp)
   std::uint32_t closure_size = 0;  // bytes at closure (the tracer names goroutines by them)
+  arch::fp_control fp{};           // its creator's, for the context made at its first run
   std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
   waitreason reason = waitreason::zero;  // why it is waiting; set before parking
   bool is_main = false;
-  alignas(16) unsigned char closure_room[g_closure_room];
+  alignas(8) unsigned char closure_room[g_closure_room];
 };
-static_assert(sizeof(g) == 208, "see g_closure_room: a parked goroutine pays for its G");
+#if !URGE_ASAN && !URGE_TSAN  // the sanitizers add to arch::context
+static_assert(sizeof(g) == 216, "see g_closure_room: a parked goroutine pays for its G");
+#endif
 
 // A worker thread.
 struct m {
