@@ -1132,7 +1132,17 @@ static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, voi
     }
   }
   platform::stack stk = pp ? pp->stackcache.get(*sched->stacks) : sched->stacks->acquire();
-  g* gp = gfget(pp);
+  g* gp;
+  try {
+    gp = gfget(pp);  // may allocate a block of Gs: std::bad_alloc
+  } catch (...) {
+    if (pp) {
+      pp->stackcache.put(*sched->stacks, stk);
+    } else {
+      sched->stacks->release(stk);
+    }
+    throw;
+  }
   g* link = gp->alllink;
   timer* sleep_timer = gp->sleep_timer;
   gp->~g();
