@@ -1033,7 +1033,8 @@ constexpr int galloc_block = 64;     // Gs allocated at once (13 KiB)
 // Allocates a block of Gs, puts them on allgs and returns them linked by
 // schedlink. Needs gfree_lock (for the allgs push only: allgs is read lock-free).
 g* galloc_block_locked() {
-  auto* block = static_cast<g*>(::operator new(sizeof(g) * galloc_block, std::align_val_t{alignof(g)}));
+  auto* block =
+      static_cast<g*>(::operator new (sizeof(g) * galloc_block, std::align_val_t{alignof(g)}));
   for (int i = 0; i < galloc_block; ++i) {
     g* gp = new (&block[i]) g;
     gp->magic = g_magic;

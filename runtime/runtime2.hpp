@@ -122,7 +122,7 @@ struct g {
   int user_locks = 0;              // pthread locks held, while not running (preempt.hpp)
   std::uint32_t closure_size = 0;  // bytes at closure (the tracer names goroutines by them)
   arch::fp_control fp{};           // its creator's, for the context made at its first run
-  std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
+  std::atomic<bool> preempt{false};      // cooperative preemption request, set by sysmon
   waitreason reason = waitreason::zero;  // why it is waiting; set before parking
   bool is_main = false;
   alignas(8) unsigned char closure_room[g_closure_room];
@@ -181,8 +181,8 @@ struct p {
   run_queue<g> runq;
   timer_heap timers;
   platform::stack_cache stackcache;  // owner
-  g* gfree = nullptr;              // dead Gs to reuse (Go's p.gFree); owner
-  int gfreecnt = 0;                // owner
+  g* gfree = nullptr;                // dead Gs to reuse (Go's p.gFree); owner
+  int gfreecnt = 0;                  // owner
   int cpu = -1;                    // the CPU its M is pinned to, or -1
   // sysmon's view (sysmon only).
   std::uint32_t sysmon_schedtick = 0;
