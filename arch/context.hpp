@@ -107,25 +107,41 @@ struct context {
 };
 
 // The floating-point control state a new context starts with: the creator's,
-// as a new thread inherits its creator's floating-point environment.
-inline void capture_fp_control(switch_frame& f) {
+// as a new thread inherits its creator's floating-point environment. Taken
+// apart from make_context so that a context made later than its creation
+// (the runtime binds a goroutine's stack at its first run) starts with the
+// state of its creator, not of whoever made the context.
+struct fp_control {
+#if defined(__x86_64__)
+  std::uint32_t mxcsr;  // control bits only; the sticky exception flags start clear
+  std::uint16_t x87cw;
+#else
+  std::uint32_t fpcr;
+#endif
+};
+
+inline fp_control current_fp_control() {
+  fp_control c;
 #if defined(__x86_64__)
   std::uint32_t mxcsr;
   std::uint16_t cw;
   asm volatile("stmxcsr %0" : "=m"(mxcsr));
   asm volatile("fnstcw %0" : "=m"(cw));
-  f.mxcsr = mxcsr & 0xffc0;  // control bits only; the sticky exception flags start clear
-  f.x87cw = cw;
+  c.mxcsr = mxcsr & 0xffc0;
+  c.x87cw = cw;
 #else
   std::uint64_t fpcr;
   asm volatile("mrs %0, fpcr" : "=r"(fpcr));
-  f.fpcr = fpcr;
+  c.fpcr = static_cast<std::uint32_t>(fpcr);  // the upper half is RES0
 #endif
+  return c;
 }
 
 // Prepares a context that runs entry(arg, transfer) on [lo, lo + size) when
-// first switched to. The stack's top holds one switch frame and a zero word.
-inline void make_context(context& c, void* lo, std::size_t size, entry_fn entry, void* arg) {
+// first switched to, with floating-point control state fp. The stack's top
+// holds one switch frame and a zero word.
+inline void make_context(context& c, void* lo, std::size_t size, entry_fn entry, void* arg,
+                         fp_control fp) {
 #if URGE_ASAN
   // A reused stack still carries the redzones of the frames its last context
   // abandoned; clear them or ASan reports the new context's own locals.
@@ -138,13 +154,15 @@ inline void make_context(context& c, void* lo, std::size_t size, entry_fn entry,
   zero[0] = zero[1] = 0;
   auto* f = reinterpret_cast<switch_frame*>(top - 16 - sizeof(switch_frame));
   *f = switch_frame{};
-  capture_fp_control(*f);
 #if defined(__x86_64__)
+  f->mxcsr = fp.mxcsr;
+  f->x87cw = fp.x87cw;
   f->r12 = reinterpret_cast<std::uint64_t>(entry);
   f->r13 = reinterpret_cast<std::uint64_t>(arg);
   f->rbp = 0;
   f->rip = reinterpret_cast<std::uint64_t>(&urge_context_start);
 #else
+  f->fpcr = fp.fpcr;
   f->x[0] = reinterpret_cast<std::uint64_t>(entry);
   f->x[1] = reinterpret_cast<std::uint64_t>(arg);
   f->x29 = 0;
@@ -162,6 +180,11 @@ inline void make_context(context& c, void* lo, std::size_t size, entry_fn entry,
     c.tsan_owned = true;
   }
 #endif
+}
+
+// The same, starting with the calling context's floating-point control state.
+inline void make_context(context& c, void* lo, std::size_t size, entry_fn entry, void* arg) {
+  make_context(c, lo, size, entry, arg, current_fp_control());
 }
 
 // Describes the calling thread's own stack as a context (the scheduler's g0),

@@ -1273,7 +1273,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 // malloc and free per goroutine; such closures go on the top of the reserved
 // stack, which is then bound at once (the old scheme).
 //
-// The cost: a parked goroutine now holds its G (208 bytes) besides its stack
+// The cost: a parked goroutine now holds its G (216 bytes) besides its stack
 // page, where the G used to share the page.
 
 namespace {
@@ -1291,7 +1291,8 @@ constexpr int galloc_block = 64;     // Gs allocated at once (13 KiB)
 // Allocates a block of Gs, puts them on allgs and returns them linked by
 // schedlink. Needs gfree_lock (for the allgs push only: allgs is read lock-free).
 g* galloc_block_locked() {
-  auto* block = static_cast<g*>(::operator new(sizeof(g) * galloc_block, std::align_val_t{alignof(g)}));
+  auto* block =
+      static_cast<g*>(::operator new (sizeof(g) * galloc_block, std::align_val_t{alignof(g)}));
   for (int i = 0; i < galloc_block; ++i) {
     g* gp = new (&block[i]) g;
     gp->magic = g_magic;
@@ -1379,7 +1380,7 @@ static void gfpurge(p* pp) {
 // in the G when the closure fits (the stack is bound at the first run), else
 // at the top of the stack, below which the context is made now.
 static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, void** closure) {
-  const bool fits = closure_size <= g_closure_room && closure_align <= 16;
+  const bool fits = closure_size <= g_closure_room && closure_align <= alignof(std::uint64_t);
   if (!fits) {
     // Checked before anything is taken; the stack's size is the pool's.
     const std::size_t room = (closure_size + closure_align - 1) & ~(closure_align - 1);
@@ -1390,7 +1391,17 @@ static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, voi
     }
   }
   platform::stack stk = pp ? pp->stackcache.get(*sched->stacks) : sched->stacks->acquire();
-  g* gp = gfget(pp);
+  g* gp;
+  try {
+    gp = gfget(pp);  // may allocate a block of Gs: std::bad_alloc
+  } catch (...) {
+    if (pp) {
+      pp->stackcache.put(*sched->stacks, stk);
+    } else {
+      sched->stacks->release(stk);
+    }
+    throw;
+  }
   g* link = gp->alllink;
   timer* sleep_timer = gp->sleep_timer;
   gp->~g();
@@ -1407,6 +1418,7 @@ static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, voi
   gp->closure_size = static_cast<std::uint32_t>(closure_size);
   if (fits) {
     *closure = gp->closure_room;  // ctx.sp stays null: bind_stack makes the context
+    gp->fp = arch::current_fp_control();
     return gp;
   }
   auto top = reinterpret_cast<std::uintptr_t>(stk.hi());
@@ -1423,7 +1435,7 @@ static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, voi
 // and make the context on it.
 __attribute__((noinline)) static void bind_stack(p* pp, g* gp) {
   pp->stackcache.exchange_top(gp->stk);
-  arch::make_context(gp->ctx, gp->stk.lo, gp->stk.size, goroutine_entry, gp);
+  arch::make_context(gp->ctx, gp->stk.lo, gp->stk.size, goroutine_entry, gp, gp->fp);
 }
 
 static void freeg_unused(p* pp, g* gp) {

@@ -105,7 +105,7 @@ inline constexpr std::uint32_t g_magic = 0x676f7267;  // "gorg"
 // Room in a g for the callable of `go` and its arguments. A closure that
 // fits lives here, and the goroutine's stack is bound at its first run (see
 // "Stacks of new goroutines" in proc.cpp); a larger one goes to the top of
-// its stack at once. 48 bytes (the G is 240): a lambda with a few captures
+// its stack at once. 48 bytes (the G is 248): a lambda with a few captures
 // fits, as does a function with five word-sized arguments.
 inline constexpr std::size_t g_closure_room = 48;
 
@@ -144,10 +144,13 @@ struct g {
   // g.timer); most goroutines never sleep. Owner.
   timer* sleep_timer = nullptr;
   std::uint32_t closure_size = 0;  // bytes at closure (the tracer names goroutines by them)
+  arch::fp_control fp{};           // its creator's, for the context made at its first run
   bool is_main = false;
-  alignas(16) unsigned char closure_room[g_closure_room];
+  alignas(8) unsigned char closure_room[g_closure_room];
 };
-static_assert(sizeof(g) == 240, "see g_closure_room: a parked goroutine pays for its G");
+#if !URGE_ASAN && !URGE_TSAN  // the sanitizers add to arch::context
+static_assert(sizeof(g) <= 248, "see g_closure_room: a parked goroutine pays for its G");
+#endif
 
 // A worker thread.
 struct m {
@@ -211,8 +214,8 @@ struct p {
   run_queue<g> runq;
   timer_heap timers;
   platform::stack_cache stackcache;  // owner
-  g* gfree = nullptr;              // dead Gs to reuse (Go's p.gFree); owner
-  int gfreecnt = 0;                // owner
+  g* gfree = nullptr;                // dead Gs to reuse (Go's p.gFree); owner
+  int gfreecnt = 0;                  // owner
   int cpu = -1;                    // the CPU its M is pinned to, or -1
   // sysmon's view (sysmon only).
   std::uint32_t sysmon_schedtick = 0;

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cfenv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -290,6 +291,27 @@ TEST(Sched, SpawningLoopIsPreemptedAtGo) {
     EXPECT_EQ(live.load(), 0);
   });
   EXPECT_LT(spawned, kLimit) << "the spawning loop was never preempted";
+}
+
+// A goroutine starts with its creator's floating-point control state (as a
+// thread does), even though its stack and context are made only when it
+// first runs, here while main runs with another rounding mode.
+TEST(Sched, GoroutineStartsWithItsCreatorsRoundingMode) {
+  urge::config cfg = procs(1);
+  cfg.async_preempt = false;
+  int seen = -1;
+  urge::run(cfg, [&] {
+    urge::wait_group wg;
+    wg.add(1);
+    std::fesetround(FE_TOWARDZERO);
+    urge::go([&] {
+      seen = std::fegetround();
+      wg.done();
+    });
+    std::fesetround(FE_TONEAREST);
+    wg.wait();  // the child first runs from here
+  });
+  EXPECT_EQ(seen, FE_TOWARDZERO);
 }
 
 // A node spawns kFanout children and adds up what they report; leaves report
