@@ -1273,8 +1273,8 @@ static void goroutine_entry(void* arg, void* transfer) {
 // malloc and free per goroutine; such closures go on the top of the reserved
 // stack, which is then bound at once (the old scheme).
 //
-// The cost: a parked goroutine now holds its G (216 bytes) besides its stack
-// page, where the G used to share the page.
+// The cost: a parked goroutine now holds its G (240 bytes: see g_closure_room)
+// besides its stack page, where the G used to share the page.
 
 namespace {
 // The global list of dead Gs (Go's sched.gFree), and the allocation of new
