@@ -684,8 +684,19 @@ static void run_pending_slow(m* mp, after_switch act) {
     }
     case after_switch::ready_global: {
       gp->status.store(gstatus::runnable, std::memory_order_release);
-      std::lock_guard lock(sched->lock);
-      globrunqput(gp);
+      {
+        std::lock_guard lock(sched->lock);
+        globrunqput(gp);
+      }
+      // An idle P must come for it: this P may go on with a goroutine that
+      // never schedules again (one that holds preempt_off, or runs code no
+      // signal may stop), and nothing else looks at the global queue while
+      // every M with a P is busy and the others are parked. That starved main
+      // when go() preempted it in favour of the goroutine it had just made
+      // (a spinner that keeps its P), with the other P idle. A spinning M that
+      // wakep relies on re-checks the global queue before it sleeps
+      // (findrunnable).
+      wakep();
       break;
     }
     case after_switch::park:  // done by run_pending, inline
@@ -1041,8 +1052,12 @@ top:
       fatal("findrunnable: negative nmspinning");
     }
   }
+  // The global queue as well as the Ps': a goroutine that gave way at a
+  // preemption point went there, and its thread's wakep may have found this
+  // M still spinning and woken nobody.
+  const bool global_work = sched->runqsize.load(std::memory_order_acquire) != 0;
   for (p* p2 : sched->allp) {
-    if (!p2->runq.empty()) {
+    if (global_work || !p2->runq.empty()) {
       sched->lock.lock();
       p* idle = pidleget();
       sched->lock.unlock();

@@ -1378,6 +1378,29 @@ TEST(Preempt, StoppedGoroutineRunsAfterItsThreadLosesTheP) {
 // spinner on the other P (maxprocs 2), keeps every P busy until the second
 // hog has run again. Without a hand-off the second hog starves and the
 // watchdog ends the test.
+// The preemption counters and each thread's preemption state, for a failure
+// message: which step of a preemption (request, signal, stop) stopped happening.
+std::string preempt_snapshot() {
+  const urge::sched_stats st = urge::stats();
+  std::string out = "requested=" + std::to_string(st.preempt_requests) +
+                    " signals=" + std::to_string(st.preempt_signals) +
+                    " taken=" + std::to_string(st.preempts_taken) +
+                    " deferred=" + std::to_string(st.preempts_deferred);
+  std::lock_guard lock(urge::runtime::sched->lock);
+  for (urge::runtime::m* mp = urge::runtime::sched->allm; mp; mp = mp->alllink) {
+    urge::runtime::g* gp = mp->curg.load();
+    out += "; M tid " + std::to_string(mp->tid) + ": curg " +
+           std::to_string(gp ? gp->goid : 0) + " preempt " +
+           std::to_string(gp ? gp->preempt.load() : 0) + " signal_pending " +
+           std::to_string(mp->signal_pending.load()) + " in_preempt " +
+           std::to_string(mp->in_preempt) + " resume_ctx " +
+           std::to_string(mp->resume_ctx != nullptr) + " lockedq " +
+           std::to_string(mp->lockedq_head != nullptr) + " lockedwait " +
+           std::to_string(mp->lockedwait);
+  }
+  return out;
+}
+
 TEST_P(Procs, StoppedGoroutineRunsWhileEveryPStaysBusy) {
   const int procs = GetParam();
   std::atomic<bool> resumed{false}, released{false}, h1_go{false};
@@ -1385,8 +1408,10 @@ TEST_P(Procs, StoppedGoroutineRunsWhileEveryPStaysBusy) {
   std::atomic<int> h1_thread{0}, h2_before{0}, h2_after{0};
   std::uint64_t handoffs = 0;
   bool fired = false;
+  std::string at_fire;
   urge::run(preempt_config(procs), [&] {
     watchdog wd(tolerance(20s), [&] {
+      at_fire = preempt_snapshot();
       released.store(true);
       resumed.store(true);
     });
@@ -1432,7 +1457,7 @@ TEST_P(Procs, StoppedGoroutineRunsWhileEveryPStaysBusy) {
     handoffs = locked_handoffs();
     fired = wd.fired();
   });
-  EXPECT_FALSE(fired) << "the stopped goroutine starved";
+  EXPECT_FALSE(fired) << "the stopped goroutine starved; when the watchdog fired: " << at_fire;
   EXPECT_EQ(h2_before.load(), h1_thread.load()) << "the scenario did not happen as meant";
   EXPECT_EQ(h2_after.load(), h2_before.load()) << "resumed on another thread";
   EXPECT_GT(handoffs, 0u);
