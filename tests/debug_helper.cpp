@@ -23,6 +23,7 @@
 #include <cstring>
 #include <string>
 
+#include "runtime/runtime2.hpp"
 #include "runtime/trace.hpp"
 #include "urge/urge.hpp"
 
@@ -127,8 +128,15 @@ int park() {
     while (!started.load()) urge::sleep(std::chrono::milliseconds(1));
     // Let the others reach their parking points.
     urge::sleep(std::chrono::milliseconds(100));
-    std::printf("ready %d\n", static_cast<int>(getpid()));
-    std::fflush(stdout);
+    // "ready" comes from a goroutine of its own once main is parked: printed
+    // by main itself, the parent could take its core while main was still
+    // inside write(2), not yet on the channel the tests look for.
+    urge::runtime::g* main_g = urge::runtime::getg();
+    urge::go([main_g] {
+      while (main_g->status.load() != urge::runtime::gstatus::waiting) urge::yield();
+      std::printf("ready %d\n", static_cast<int>(getpid()));
+      std::fflush(stdout);
+    });
     urge::chan<int> forever;
     forever.recv();
   });
