@@ -889,15 +889,23 @@ static void trace_unblock(g* gp, m* mp) {
   }
 }
 
-// The netpoller's readying: waking sources race there (a completion and a
-// deadline's cancellation), so the status moves by CAS and the loser is
-// caught. The caller queues or runs the goroutine.
-void goready_mark(g* gp) {
-  gstatus expect = gstatus::waiting;
-  if (!gp->status.compare_exchange_strong(expect, gstatus::runnable, std::memory_order_acq_rel)) {
-    goready_bad_status(gp, expect);
-  }
+// gp, parked, becomes runnable. A load and a store, not Go's CAS: exactly one
+// waker readies a parked goroutine (the one that took its waiter record out
+// of a queue under that queue's lock, won its select, or completed its I/O
+// request), so nothing races with this write and the locked instruction would
+// buy nothing on the wakeup path. The check still catches a waker that comes
+// after another one (a double wakeup).
+__attribute__((always_inline)) inline static void mark_ready(g* gp) {
+  gstatus st = gp->status.load(std::memory_order_relaxed);
+  if (__builtin_expect(st != gstatus::waiting, 0)) goready_bad_status(gp, st);
+  gp->status.store(gstatus::runnable, std::memory_order_release);
   gp->reason = waitreason::zero;
+}
+
+// The netpoller's readying of what a poll completed: the caller queues the
+// goroutine or runs it itself.
+void goready_mark(g* gp) {
+  mark_ready(gp);
   trace_unblock(gp, getm());
 }
 
@@ -918,15 +926,7 @@ __attribute__((noinline)) static void goready_slow(g* gp, bool next, m* mp) {
 // frame that no context switch crosses.
 __attribute__((noinline)) void goready(g* gp, bool next) {
   preempt_off_scope no_preempt;
-  // A load and a store, not Go's CAS: exactly one waker readies a parked
-  // goroutine (the one that took its waiter record out of a queue under that
-  // queue's lock, or won its select), so nothing races with this write and
-  // the locked instruction would buy nothing on the wakeup path. The check
-  // still catches a waker that comes after another one (a double wakeup).
-  gstatus st = gp->status.load(std::memory_order_relaxed);
-  if (__builtin_expect(st != gstatus::waiting, 0)) goready_bad_status(gp, st);
-  gp->status.store(gstatus::runnable, std::memory_order_release);
-  gp->reason = waitreason::zero;
+  mark_ready(gp);
   m* mp = tls_m;
   p* pp = mp ? mp->curp : nullptr;
   if (__builtin_expect(URGE_TRACE_ENABLED() || !pp, 0)) {
