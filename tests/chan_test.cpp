@@ -300,8 +300,16 @@ TEST_P(Chan, ElementsAreNeitherLeakedNorDestroyedTwice) {
     }
     EXPECT_EQ(counted::live.load(), 0);
     chan<counted> unbuf;
-    urge::go([unbuf] { unbuf.send(counted(3)); });
+    // The sender is waited for: its moved-from temporary dies when it runs
+    // again, and a goroutine still runnable when main returns is abandoned.
+    urge::wait_group sent;
+    sent.add(1);
+    urge::go([unbuf, &sent] {
+      unbuf.send(counted(3));
+      sent.done();
+    });
     EXPECT_EQ(unbuf.recv()->v, 3);
+    sent.wait();
     chan<counted> closed;
     closed.close();
     EXPECT_THROW(closed.send(counted(4)), urge::closed_channel_error);
