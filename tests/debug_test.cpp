@@ -354,7 +354,14 @@ TEST(Traceback, RunningGoroutineShowsItsFramesInOrder) {
   urge::run(procs(2), [&] {
     urge::wait_group wg;
     wg.add(1);
+    urge::runtime::g* main_g = urge::runtime::getg();
     urge::go([&] {
+      // Dump only once main has parked in wg.wait(): with two Ps, main may
+      // still be on its way there (seen under qemu).
+      const auto deadline = clk::now() + (slow() ? 60s : 10s);
+      while (main_g->status.load() != urge::runtime::gstatus::waiting && clk::now() < deadline) {
+        urge::yield();
+      }
       dbgtest::running_outer(&dump);
       wg.done();
     });
