@@ -93,4 +93,24 @@ int current_cpu() { return sched_getcpu(); }
 
 int current_tid() { return static_cast<int>(syscall(SYS_gettid)); }
 
+bool request_short_slice(std::uint64_t ns) {
+  // struct sched_attr of sched_setattr(2); glibc has no wrapper.
+  struct {
+    std::uint32_t size;
+    std::uint32_t sched_policy;
+    std::uint64_t sched_flags;
+    std::int32_t sched_nice;
+    std::uint32_t sched_priority;
+    std::uint64_t sched_runtime;  // for SCHED_OTHER: the slice requested
+    std::uint64_t sched_deadline;
+    std::uint64_t sched_period;
+  } attr{};
+  attr.size = sizeof attr;
+  if (syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) != 0) return false;
+  if (attr.sched_policy != SCHED_OTHER) return false;  // leave real-time set-ups alone
+  attr.size = sizeof attr;
+  attr.sched_runtime = ns;
+  return syscall(SYS_sched_setattr, 0, &attr, 0) == 0;
+}
+
 }  // namespace urge::platform

@@ -1,6 +1,7 @@
 // CPUs: the affinity mask, cgroup v2 CPU quota, and pinning threads.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,5 +29,12 @@ bool unpin_current_thread(const std::vector<int>& cpus);
 int current_cpu();
 // The calling thread's kernel thread id.
 int current_tid();
+
+// Asks the kernel for a short time slice (ns) for the calling thread, keeping
+// its policy and nice value: under EEVDF (Linux 6.12+) a thread with a short
+// slice that wakes up preempts a running thread sooner, so a monitor thread
+// that sleeps most of the time keeps its rhythm on a busy machine. Returns
+// false where the kernel refuses; older kernels accept and ignore it.
+bool request_short_slice(std::uint64_t ns);
 
 }  // namespace urge::platform

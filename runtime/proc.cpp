@@ -298,6 +298,12 @@ static m* mget() {
 void acquirep(m* mp, p* pp) {
   mp->curp = pp;
   pp->curm.store(mp, std::memory_order_relaxed);
+  // A new tick for sysmon: it saw this P run before it went idle, and a
+  // goroutine that now inherits a time slice from runnext (one a timer
+  // readied, say) must not be charged for the idle time as if it had run
+  // all along (it was preempted at once).
+  pp->schedtick++;
+  pp->schedtick_pub.store(pp->schedtick, std::memory_order_relaxed);
   pp->status.store(pstatus::running, std::memory_order_release);
   if (sched->pin_threads && pp->cpu >= 0 && mp->pinned_cpu != pp->cpu) {
     // Pinning: P i runs on CPU i of the mask. Only a change costs a syscall.

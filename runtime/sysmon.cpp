@@ -7,7 +7,8 @@
 //    retaken and handed to another M when there is work for it (retake);
 //  - every schedtrace interval it prints Go's SCHED line.
 // It sleeps 20 us between looks, doubling after 1 ms without anything to do,
-// up to 10 ms; when every P is idle it sleeps until a P wakes up (pidleget and
+// up to 10 ms (1 ms while goroutines run, and never past the moment a running
+// goroutine's quantum runs out); when every P is idle it sleeps until a P wakes up (pidleget and
 // enter_blocking_call wake it), so an idle runtime costs no CPU.
 #include <cinttypes>
 #include <cstdio>
@@ -39,8 +40,10 @@ void preemptone(p* pp) {
 // (golang/go#38860: CPU hogs delayed timers by ~10 ms).
 constexpr std::int64_t timer_preempt_ns = 1'000'000;
 
-// Returns how many Ps were retaken from blocking calls.
-int retake(std::int64_t now) {
+// Returns how many Ps were retaken from blocking calls. *next_deadline is
+// lowered to the earliest time a running goroutine's quantum (as sysmon
+// measures it) runs out, so that sysmon can wake right then.
+int retake(std::int64_t now, std::int64_t* next_deadline) {
   int n = 0;
   for (p* pp : sched->allp) {
     pstatus s = pp->status.load(std::memory_order_acquire);
@@ -82,6 +85,7 @@ int retake(std::int64_t now) {
                  when != 0 && when <= now && pp->sysmon_schedwhen + timer_preempt_ns <= now) {
         preemptone(pp);
       }
+      *next_deadline = std::min(*next_deadline, pp->sysmon_schedwhen + sched->quantum_ns);
     }
   }
   return n;
@@ -90,10 +94,16 @@ int retake(std::int64_t now) {
 void sysmon_main() {
   // sysmon is never pinned: it inherits M0's mask, which pinning narrowed.
   if (sched->pin_threads) platform::unpin_current_thread(sched->cpus);
+  // sysmon wakes often and runs for microseconds; on a busy machine a late
+  // wake-up delays every preemption (seen: 4 ms behind a compiler running on
+  // the other CPU). A short slice lets its wake-ups preempt sooner.
+  platform::request_short_slice(100'000);
   std::int64_t idle = 0;   // consecutive ticks with nothing to do
   std::int64_t delay = 0;  // microseconds
   std::int64_t last_trace = platform::nanotime();
   std::int64_t last_poll = last_trace;
+  // The earliest end of a running goroutine's quantum seen by the last look.
+  std::int64_t next_deadline = INT64_MAX;
   for (;;) {
     if (idle == 0) {
       delay = 20;
@@ -103,12 +113,38 @@ void sysmon_main() {
     if (delay > 10'000) delay = 10'000;
     // While goroutines run, look often enough that a hog is noticed within
     // ~1 ms of its quantum ending and a due timer within ~1 ms.
-    if (sched->npidle.load(std::memory_order_relaxed) < sched->gomaxprocs) {
-      std::int64_t cap = std::min<std::int64_t>(1'000, sched->quantum_ns / 10'000);
-      if (cap < 20) cap = 20;
-      if (delay > cap) delay = cap;
+    const std::int64_t cap =
+        std::max<std::int64_t>(20, std::min<std::int64_t>(1'000, sched->quantum_ns / 10'000));
+    bool woken_by_work = false;  // see "Long sleeps" below
+    if (delay > cap) {
+      // Long sleeps: a sleep longer than cap is only for a runtime whose Ps
+      // are all idle, and it must end when one of them starts running, or a
+      // goroutine starting right after it would go unwatched for up to 10 ms
+      // more than its quantum (seen: a goroutine that slept 1-3 ms and then
+      // hogged its P was preempted 13-15 ms later). pidleget wakes sysmon
+      // when sysmon_wait is set, as for the deep sleep below; both sides
+      // hold sched->lock, so no start is missed.
+      sched->lock.lock();
+      if (sched->npidle.load(std::memory_order_relaxed) == sched->gomaxprocs) {
+        sched->sysmon_wait.store(true, std::memory_order_relaxed);
+        woken_by_work = true;
+      } else {
+        delay = cap;
+      }
+      sched->lock.unlock();
     }
-    platform::notetsleep(sched->sysmon_note, delay * 1000);
+    // Wake right when a quantum runs out rather than up to one delay later:
+    // that lag would add to every preemption's latency.
+    std::int64_t sleep_ns = delay * 1000;
+    if (next_deadline != INT64_MAX) {
+      sleep_ns = std::clamp<std::int64_t>(next_deadline - platform::nanotime(), 20'000, sleep_ns);
+    }
+    platform::notetsleep(sched->sysmon_note, sleep_ns);
+    if (woken_by_work) {
+      sched->lock.lock();
+      sched->sysmon_wait.store(false, std::memory_order_relaxed);
+      sched->lock.unlock();
+    }
     check_sigquit();
     if (sched->stopping.load(std::memory_order_acquire)) return;
     platform::noteclear(sched->sysmon_note);
@@ -140,7 +176,8 @@ void sysmon_main() {
       netpoll_poll_now(nullptr);
       last_poll = now;
     }
-    if (retake(now) != 0) {
+    next_deadline = INT64_MAX;
+    if (retake(now, &next_deadline) != 0) {
       idle = 0;
     } else {
       ++idle;

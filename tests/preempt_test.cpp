@@ -1579,6 +1579,48 @@ TEST(Preempt, LittleStackLeftIsDeclinedNotOverrun) {
   });
 }
 
+// ---- Preemption latency ------------------------------------------------------------
+
+// A goroutine readied behind a hog that started right after its P had been
+// idle (main sleeps, then turns into the hog) runs about one quantum later.
+// sysmon backs off to long sleeps while every P is idle; it must be woken
+// when a P starts running again, or the hog went unwatched for up to 10 ms
+// beyond its quantum (seen: 13-15 ms with a 10 ms quantum).
+TEST(Preempt, HogAfterAnIdlePIsStoppedAfterOneQuantum) {
+  constexpr auto quantum = 5ms;
+  std::vector<double> latency_ms;
+  urge::run(preempt_config(1, quantum), [&] {
+    const int samples = slow() ? 10 : 40;
+    for (int i = 0; i < samples; ++i) {
+      urge::wait_group ready;
+      std::atomic<bool> ran{false};
+      clk::time_point ran_at;
+      ready.add(1);
+      urge::go([&] {
+        ready.wait();
+        ran_at = clk::now();
+        ran.store(true, std::memory_order_release);
+      });
+      // Long enough for sysmon to back off past its 1 ms watch.
+      urge::sleep(std::chrono::milliseconds(3 + i % 3));
+      const clk::time_point t0 = clk::now();
+      ready.done();
+      watchdog wd(tolerance(10s), [&] { ran.store(true); });
+      spin_until_set(ran);
+      ASSERT_FALSE(wd.fired()) << "the hog was never preempted";
+      latency_ms.push_back(ms(ran_at - t0));
+    }
+  });
+  std::sort(latency_ms.begin(), latency_ms.end());
+  const double median = latency_ms[latency_ms.size() / 2];
+  RecordProperty("median_latency_us", std::to_string(median * 1000));
+  // Never sooner than the quantum (sysmon measures it from its first look).
+  EXPECT_GE(latency_ms.front(), 0.9 * ms(quantum));
+  if (!slow()) {
+    EXPECT_LT(median, ms(quantum) + 2.5) << "max " << latency_ms.back() << " ms";
+  }
+}
+
 // ---- Timers under a hog -------------------------------------------------------------
 
 class TimerUnderHog : public ::testing::TestWithParam<int> {};
