@@ -83,8 +83,15 @@
 #endif
 
 #if URGE_TRACE_SITES && __has_include(<sys/sdt.h>)
+// The sites of one probe must describe their arguments alike, or `perf
+// probe` cannot register it at all (the kernel refuses a second location
+// with other argument types: "File exists"). So every argument is a 64-bit
+// unsigned value, in a register or memory, never an immediate (perf skips
+// "$0" arguments, which shortened the list of a site passing a constant).
+#define STAP_SDT_ARG_CONSTRAINT or
 #include <sys/sdt.h>
-#define URGE_USDT(name, a, b) DTRACE_PROBE2(urge, name, a, b)
+#define URGE_USDT(name, a, b) \
+  DTRACE_PROBE2(urge, name, static_cast<std::uint64_t>(a), static_cast<std::uint64_t>(b))
 #else
 #define URGE_USDT(name, a, b) ((void)0)
 #endif

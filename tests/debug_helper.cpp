@@ -10,6 +10,11 @@
 //                              round trip (run with and without URGE_TRACE)
 //   debug_helper emitcost N    N tracer events from a goroutine; prints ns per
 //                              event (run with URGE_TRACE)
+//   debug_helper events        makes every scheduler event with a USDT probe
+//                              happen at least once (create, start, block,
+//                              unblock, preempt, steal, blocking call enter and
+//                              exit, end); prints urge::stats() counts
+//                              (tests/usdt_test.sh)
 //
 // The functions that tests look for have C linkage, so that perf and gdb show
 // them under exactly these names, and are noinline with a call after the
@@ -192,6 +197,51 @@ int emitcost(long n) {
   return 0;
 }
 
+// Rounds of goroutines blocking on a channel and being woken, a blocking
+// call and a hog stopped by sysmon, with two Ps, until both a steal and an
+// asynchronous preemption have happened (each round makes them likely, none
+// certain).
+int events() {
+  urge::config cfg;
+  cfg.maxprocs = 2;
+  cfg.quantum = std::chrono::milliseconds(1);
+  std::uint64_t rounds = 0;
+  urge::sched_stats st;
+  urge::run(cfg, [&] {
+    const auto deadline = clk::now() + std::chrono::seconds(20);
+    do {
+      ++rounds;
+      urge::chan<int> c;
+      urge::wait_group wg;
+      for (int i = 0; i < 64; ++i) {
+        wg.add(1);
+        urge::go([c, &wg] {
+          c.recv();
+          wg.done();
+        });
+      }
+      for (int i = 0; i < 64; ++i) c.send(i);
+      wg.wait();
+      urge::blocking([] { usleep(100); });
+      std::atomic<bool> stop{false};
+      wg.add(1);
+      urge::go([&stop, &wg] {
+        while (!stop.load(std::memory_order_relaxed)) {
+        }
+        wg.done();
+      });
+      urge::sleep(std::chrono::milliseconds(3));
+      stop.store(true);
+      wg.wait();
+      st = urge::stats();
+    } while ((st.steals == 0 || st.preempts_taken == 0) && clk::now() < deadline);
+  });
+  std::printf("rounds %llu\nsteals %llu\npreempts_taken %llu\n",
+              static_cast<unsigned long long>(rounds), static_cast<unsigned long long>(st.steals),
+              static_cast<unsigned long long>(st.preempts_taken));
+  return st.steals != 0 && st.preempts_taken != 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -199,6 +249,7 @@ int main(int argc, char** argv) {
   long arg = argc > 2 ? std::atol(argv[2]) : 0;
   if (mode == "spin" && arg > 0) return spin(static_cast<int>(arg));
   if (mode == "park") return park();
+  if (mode == "events") return events();
   if (mode == "pingpong" && arg > 0) return pingpong(arg);
   if (mode == "emitcost" && arg > 0) return emitcost(arg);
   std::fprintf(stderr, "usage: debug_helper spin MS | park | pingpong N | emitcost N\n");
