@@ -166,7 +166,13 @@ std::string format(const sockaddr_storage& ss, socklen_t len) {
   if (ss.ss_family == AF_INET6) {
     const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
     inet_ntop(AF_INET6, &a.sin6_addr, buf, sizeof buf);
-    return "[" + std::string(buf) + "]:" + std::to_string(ntohs(a.sin6_port));
+    // Appended piecewise: GCC 12 warns (-Wrestrict, a false positive) on
+    // "[" + std::string(buf) + ... in release builds.
+    std::string s = "[";
+    s += buf;
+    s += "]:";
+    s += std::to_string(ntohs(a.sin6_port));
+    return s;
   }
   if (ss.ss_family == AF_UNIX) {
     const auto& a = reinterpret_cast<const sockaddr_un&>(ss);
