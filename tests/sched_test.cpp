@@ -113,6 +113,35 @@ void spin_until(Pred pred, const char* what) {
   }
 }
 
+// Yields until pred() holds, for a goroutine waiting on others that may need
+// its P. A runtime bug that never satisfies it aborts with `what` instead of
+// hanging the suite.
+template <class Pred>
+void yield_until(Pred pred, const char* what) {
+  const auto deadline = clk::now() + 60s;
+  while (!pred()) {
+    urge::yield();
+    if (clk::now() > deadline) {
+      std::fprintf(stderr, "sched_test: timed out yielding until %s\n", what);
+      std::abort();
+    }
+  }
+}
+
+// Goroutines parked in urge::mutex::lock right now. Those of earlier runs
+// are all dead: run() marks the abandoned ones so.
+int parked_on_mutexes() {
+  int n = 0;
+  for (urge::runtime::g* gp = urge::runtime::allgs(); gp; gp = gp->alllink) {
+    // The reason is written before the status is published (release).
+    if (gp->status.load(std::memory_order_acquire) == gstatus::waiting &&
+        gp->reason == urge::runtime::waitreason::sync_mutex_lock) {
+      ++n;
+    }
+  }
+  return n;
+}
+
 // Sets (or unsets, with nullptr) an environment variable for one scope.
 class env_guard {
  public:
@@ -925,7 +954,14 @@ TEST(Sched, RunWorksAgainAfterAbandoningParkedGoroutines) {
                           urge::mutex mu;
                           mu.lock();
                           for (int k = 0; k < 3; ++k) urge::go([&] { mu.lock(); });
-                          urge::yield();
+                          // Not before all three are parked: mu dies with this
+                          // frame, and a goroutine still running, or started on
+                          // the other P, as main returns would lock it after
+                          // that, writing into main's stack where the runtime's
+                          // shutdown then has its frames (under TSan's slower
+                          // timing: a return address in begin_stop_locked).
+                          yield_until([] { return parked_on_mutexes() == 3; },
+                                      "the three goroutines park on mu");
                           return 3;  // with three goroutines parked on mu
                         }),
               3);
