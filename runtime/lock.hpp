@@ -4,6 +4,13 @@
 // unlock of a parking goroutine's lock happens after the switch, see
 // "Parking" in runtime/proc.cpp), so a holder is always running and the
 // spin usually succeeds.
+//
+// Tried and rejected: unlocking with a plain store instead of the exchange,
+// with sleepers counted apart and a membarrier(2) on the sleeping side to
+// keep wake-ups from being lost. A locked instruction costs ~2.5 ns in a
+// loop of them, but in a channel round trip (four lock/unlock pairs) its
+// latency overlaps the switch: no gain at one P, 4% slower at two, and 2%
+// more instructions.
 #pragma once
 
 #include <sched.h>
