@@ -1153,6 +1153,10 @@ static void schedule_loop(m* mp) {
     bool inherit = false;
     g* gp = findrunnable(mp, inherit);
     if (!gp) continue;  // stopping: checked at the top
+    // main may have returned while findrunnable looked: a goroutine must not
+    // start then (its frame's references to main's locals are dangling; run()
+    // frees what is left of it).
+    if (sched->stopping.load(std::memory_order_acquire)) break;
     if (mp->spinning) resetspinning(mp);
     if (gp->lockedm) {
       startlockedm(mp, gp);
