@@ -38,6 +38,12 @@ std::align_val_t chan_align(const detail::chan_elem* t) {
 enum class op { done, closed, would_block };
 
 // Go's chansend. ep is the T to move from.
+//
+// Every way out that does not park is a cooperative preemption point
+// (check_preempt): a goroutine whose channel operations never block (a
+// buffer with room, a waiting partner, a polling try_send) must still give
+// its P up when sysmon asks, even with asynchronous preemption off. A park
+// needs no check: the switch is one.
 __attribute__((always_inline)) inline op chansend(hchan* c, void* ep, bool block) {
   if (!c) {
     if (!block) return op::would_block;
@@ -50,6 +56,7 @@ __attribute__((always_inline)) inline op chansend(hchan* c, void* ep, bool block
   // (Go's reasoning in chansend).
   if (!block && c->dataqsiz != 0 && !c->closed.load(std::memory_order_relaxed) &&
       c->qcount.load(std::memory_order_relaxed) == c->dataqsiz) {
+    check_preempt();
     return op::would_block;
   }
   c->lock.lock();
@@ -61,15 +68,18 @@ __attribute__((always_inline)) inline op chansend(hchan* c, void* ep, bool block
     g* gp = send_to_waiter(c, sg, ep);
     c->lock.unlock();
     goready(gp, true);
+    check_preempt();
     return op::done;
   }
   if (c->qcount.load(std::memory_order_relaxed) < c->dataqsiz) {
     buf_send(c, ep);
     c->lock.unlock();
+    check_preempt();
     return op::done;
   }
   if (!block) {
     c->lock.unlock();
+    check_preempt();
     return op::would_block;
   }
   sudog s;
@@ -93,27 +103,34 @@ __attribute__((always_inline)) inline op chanrecv(hchan* c, void* opt, bool bloc
   // empty and open, or empty after being seen closed (a closed channel never
   // fills again, so the second look settles it).
   if (!block && c->dataqsiz != 0 && c->qcount.load(std::memory_order_relaxed) == 0) {
-    if (!c->closed.load(std::memory_order_acquire)) return op::would_block;
+    if (!c->closed.load(std::memory_order_acquire)) {
+      check_preempt();
+      return op::would_block;
+    }
     if (c->qcount.load(std::memory_order_relaxed) == 0) return op::closed;
   }
   c->lock.lock();
   if (c->closed.load(std::memory_order_relaxed) && c->qcount.load(std::memory_order_relaxed) == 0) {
     c->lock.unlock();
+    check_preempt();  // a loop draining a closed channel is a loop too
     return op::closed;
   }
   if (sudog* sg = c->sendq.dequeue()) {
     g* gp = recv_from_waiter(c, sg, opt);
     c->lock.unlock();
     goready(gp, true);
+    check_preempt();
     return op::done;
   }
   if (c->qcount.load(std::memory_order_relaxed) > 0) {
     buf_recv(c, opt);
     c->lock.unlock();
+    check_preempt();
     return op::done;
   }
   if (!block) {
     c->lock.unlock();
+    check_preempt();
     return op::would_block;
   }
   sudog s;

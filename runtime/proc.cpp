@@ -269,6 +269,15 @@ static p* pidleget() {
   if (pp) {
     sched->pidle = pp->link;
     sched->npidle.fetch_sub(1, std::memory_order_acq_rel);
+    // A new tick for sysmon (nobody owns the P now): it saw this P run
+    // before it went idle, and a goroutine that now inherits a time slice
+    // from runnext (one a timer readied, say) must not be charged for the
+    // idle time as if it had run all along (it was preempted at once). Not
+    // in acquirep: a goroutine back from a quick blocking call on its own P
+    // keeps its slice, as in Go, or a loop of such calls would never be
+    // preempted.
+    pp->schedtick++;
+    pp->schedtick_pub.store(pp->schedtick, std::memory_order_relaxed);
     // A P leaving the idle list means work: sysmon must watch again.
     if (sched->sysmon_wait.load(std::memory_order_relaxed)) {
       sched->sysmon_wait.store(false, std::memory_order_relaxed);
@@ -298,12 +307,6 @@ static m* mget() {
 void acquirep(m* mp, p* pp) {
   mp->curp = pp;
   pp->curm.store(mp, std::memory_order_relaxed);
-  // A new tick for sysmon: it saw this P run before it went idle, and a
-  // goroutine that now inherits a time slice from runnext (one a timer
-  // readied, say) must not be charged for the idle time as if it had run
-  // all along (it was preempted at once).
-  pp->schedtick++;
-  pp->schedtick_pub.store(pp->schedtick, std::memory_order_relaxed);
   pp->status.store(pstatus::running, std::memory_order_release);
   if (sched->pin_threads && pp->cpu >= 0 && mp->pinned_cpu != pp->cpu) {
     // Pinning: P i runs on CPU i of the mask. Only a change costs a syscall.
@@ -1537,6 +1540,7 @@ void exit_blocking_call() {
     oldp->syscalltick.fetch_add(1, std::memory_order_relaxed);
     gp->status.store(gstatus::running, std::memory_order_release);
     --preempt_off;
+    check_preempt();  // a request that came during the call (Go's exitsyscall)
     return;
   }
   // Sysmon took it. Another idle P will do.
@@ -1547,6 +1551,7 @@ void exit_blocking_call() {
     acquirep(mp, pp);
     gp->status.store(gstatus::running, std::memory_order_release);
     --preempt_off;
+    check_preempt();
     return;
   }
   // Slow path (exitsyscall0): queue the goroutine and park this M, from g0.

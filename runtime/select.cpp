@@ -138,7 +138,10 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
     ++m;
   }
   if (m == 0) {
-    if (!block) return -1;
+    if (!block) {
+      check_preempt();
+      return -1;
+    }
     if (!getg()) throw std::logic_error("urge::select would block outside a goroutine");
     block_forever(waitreason::select);  // only nil channels: Go blocks for ever too
   }
@@ -162,7 +165,8 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
 
   sellock(cases, lockorder, m);
 
-  // Pass 1: something ready now?
+  // Pass 1: something ready now? Returning without parking is a cooperative
+  // preemption point, as in chansend.
   for (std::size_t i = 0; i < m; ++i) {
     const std::size_t k = pollorder[i];
     scase& cs = cases[k];
@@ -173,11 +177,13 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
         g* gp = send_to_waiter(c, sg, cs.elem);
         selunlock(cases, lockorder, m);
         goready(gp, true);
+        check_preempt();
         return static_cast<int>(k);
       }
       if (c->qcount.load(std::memory_order_relaxed) < c->dataqsiz) {
         buf_send(c, cs.elem);
         selunlock(cases, lockorder, m);
+        check_preempt();
         return static_cast<int>(k);
       }
     } else {
@@ -186,23 +192,27 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
         selunlock(cases, lockorder, m);
         goready(gp, true);
         *recv_ok = true;
+        check_preempt();
         return static_cast<int>(k);
       }
       if (c->qcount.load(std::memory_order_relaxed) > 0) {
         buf_recv(c, cs.elem);
         selunlock(cases, lockorder, m);
         *recv_ok = true;
+        check_preempt();
         return static_cast<int>(k);
       }
       if (c->closed.load(std::memory_order_relaxed)) {
         selunlock(cases, lockorder, m);
         *recv_ok = false;
+        check_preempt();
         return static_cast<int>(k);
       }
     }
   }
   if (!block) {
     selunlock(cases, lockorder, m);
+    check_preempt();
     return -1;
   }
 

@@ -89,8 +89,14 @@ void lock_root(semaroot* r) {
 
 }  // namespace
 
+// Both are cooperative preemption points when they do not park (see
+// chansend in chan.cpp): a loop of uncontended semaphore operations must
+// still give its P up when sysmon asks.
 void semacquire(std::atomic<std::uint32_t>* addr, bool lifo, waitreason reason) {
-  if (cansemacquire(addr)) return;
+  if (cansemacquire(addr)) {
+    check_preempt();
+    return;
+  }
   if (!getg()) {
     // A plain thread (outside urge::run): spin, then sleep in growing steps.
     for (int i = 0; !cansemacquire(addr); ++i) {
@@ -114,6 +120,7 @@ void semacquire(std::atomic<std::uint32_t>* addr, bool lifo, waitreason reason) 
     if (cansemacquire(addr)) {
       root->nwait.fetch_sub(1, std::memory_order_seq_cst);
       root->lock.unlock();
+      check_preempt();
       return;
     }
     enqueue(root, &s, lifo);
@@ -123,7 +130,14 @@ void semacquire(std::atomic<std::uint32_t>* addr, bool lifo, waitreason reason) 
   }
 }
 
+static void semrelease_wake(std::atomic<std::uint32_t>* addr, std::uint32_t n, bool handoff);
+
 void semrelease(std::atomic<std::uint32_t>* addr, std::uint32_t n, bool handoff) {
+  semrelease_wake(addr, n, handoff);
+  check_preempt();
+}
+
+static void semrelease_wake(std::atomic<std::uint32_t>* addr, std::uint32_t n, bool handoff) {
   addr->fetch_add(n, std::memory_order_seq_cst);
   // From here on the object holding *addr may be gone: touch only the table.
   semaroot* root = root_for(addr);

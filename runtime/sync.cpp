@@ -127,7 +127,10 @@ void wait_group::add(int delta) {
   if (w != 0 && delta > 0 && v == delta) {
     throw std::logic_error("sync: WaitGroup misuse: add called concurrently with wait");
   }
-  if (v > 0 || w == 0) return;
+  if (v > 0 || w == 0) {
+    check_preempt();  // a preemption point, as channel operations are
+    return;
+  }
   // The counter reached zero with waiters: reset and wake them all at once
   // (one semrelease of w, so that our last touch of *this is its increment).
   if (state_.load(std::memory_order_relaxed) != state) {
@@ -140,7 +143,10 @@ void wait_group::add(int delta) {
 void wait_group::wait() {
   for (;;) {
     std::uint64_t state = state_.load(std::memory_order_acquire);
-    if ((state >> 32) == 0) return;
+    if ((state >> 32) == 0) {
+      check_preempt();
+      return;
+    }
     if (state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) {
       semacquire(&sema_, false, waitreason::semacquire);
       return;
@@ -328,6 +334,7 @@ void semaphore::acquire(std::int64_t n) {
   if (!head_ && count_ >= n) {
     count_ -= n;
     l.unlock();
+    check_preempt();
     return;
   }
   g* gp = getg();
@@ -353,10 +360,16 @@ void semaphore::acquire(std::int64_t n) {
 bool semaphore::try_acquire(std::int64_t n) {
   if (n < 0) throw std::invalid_argument("urge::semaphore::try_acquire: negative count");
   futex_mutex& l = lock_for(this);
-  std::lock_guard lock(l);
-  if (head_ || count_ < n) return false;
-  count_ -= n;
-  return true;
+  bool taken = false;
+  {
+    std::lock_guard lock(l);
+    if (!head_ && count_ >= n) {
+      count_ -= n;
+      taken = true;
+    }
+  }
+  check_preempt();  // a try_acquire polling loop must yield when asked too
+  return taken;
 }
 
 void semaphore::release(std::int64_t n) {
@@ -384,6 +397,7 @@ void semaphore::release(std::int64_t n) {
     goready(wake->gp, true);
     wake = next;
   }
+  check_preempt();
 }
 
 std::int64_t semaphore::available() const {

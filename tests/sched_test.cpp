@@ -42,6 +42,7 @@
 #include "runtime/sched_internal.hpp"
 #include "urge/chan.hpp"
 #include "urge/runtime.hpp"
+#include "urge/select.hpp"
 #include "urge/sync.hpp"
 
 namespace {
@@ -320,6 +321,78 @@ TEST(Sched, SpawningLoopIsPreemptedAtGo) {
     EXPECT_EQ(live.load(), 0);
   });
   EXPECT_LT(spawned, kLimit) << "the spawning loop was never preempted";
+}
+
+// Every runtime operation that completes without parking is a cooperative
+// preemption point (issue: "a flag the runtime checks at every scheduling
+// point: yield, channel and sync operations, timers, blocking calls"). With
+// one P and asynchronous preemption off, a loop of such operations is the
+// only thing running; the other goroutine runs only if the loop gives the P
+// up when sysmon asks. Each case loops until the other goroutine has run,
+// or until a time limit that means it never did: 300 quanta. (A loop of
+// blocking calls also loses its P when sysmon retakes it during a call, but
+// that took about a second here; the check on return takes a quantum.)
+struct coop_case {
+  const char* name;
+  std::function<void()> op;  // one iteration; never parks
+};
+
+class CooperativePreemption : public ::testing::TestWithParam<int> {};
+
+std::vector<coop_case> coop_cases() {
+  static urge::chan<int> buffered(1), empty(1);
+  static urge::wait_group wg;
+  static urge::semaphore sem(1);
+  return {
+      {"BufferedSendRecv", [] { buffered.send(1), (void)buffered.recv(); }},
+      {"TryRecvOnEmpty", [] { (void)empty.try_recv(); }},
+      {"SelectWithDefault",
+       [] { urge::select(urge::on_recv(empty, [](std::optional<int>) {}), urge::on_default([] {})); }},
+      {"SelectReadyCase",
+       [] {
+         buffered.send(1);
+         urge::select(urge::on_recv(buffered, [](std::optional<int>) {}));
+       }},
+      {"WaitGroupAddDoneWait",
+       [] {
+         wg.add(1);
+         wg.done();
+         wg.wait();
+       }},
+      {"SemaphoreAcquireRelease",
+       [] {
+         sem.acquire(1);
+         sem.release(1);
+         (void)sem.try_acquire(1);
+         sem.release(1);
+       }},
+      {"BlockingCall", [] { urge::blocking([] {}); }},
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(Sched, CooperativePreemption, ::testing::Range(0, 7),
+                         [](const auto& info) { return coop_cases()[info.param].name; });
+
+TEST_P(CooperativePreemption, LoopOfNonParkingOperationsGivesThePUp) {
+  const coop_case c = coop_cases()[GetParam()];
+  urge::config cfg = procs(1);
+  cfg.async_preempt = false;  // only the cooperative request can stop the loop
+  cfg.quantum = 1ms;
+  bool ran_in_time = false;
+  urge::run(cfg, [&] {
+    std::atomic<bool> ran{false};
+    urge::wait_group done;
+    done.add(1);
+    urge::go([&] {
+      ran.store(true, std::memory_order_relaxed);
+      done.done();
+    });
+    const auto deadline = clk::now() + tolerance(300ms);
+    while (!ran.load(std::memory_order_relaxed) && clk::now() < deadline) c.op();
+    ran_in_time = ran.load();
+    done.wait();
+  });
+  EXPECT_TRUE(ran_in_time) << c.name << ": the loop never gave its P up";
 }
 
 // A goroutine starts with its creator's floating-point control state (as a
