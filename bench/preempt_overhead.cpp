@@ -1,6 +1,7 @@
 // preempt_overhead: what asynchronous preemption costs CPU-bound work.
 //
 // Usage: preempt_overhead on|off QUANTUM_MS [PROCS] [SCALE]
+//        preempt_overhead ab QUANTUM_MS [PROCS] [SCALE] [PAIRS]
 //
 // Runs a fixed, deterministic CPU-bound workload (4 goroutines doing
 // floating-point and integer arithmetic on registers and a small private
@@ -22,6 +23,18 @@
 //     for m in off on; do build-release/bench/preempt_overhead $m 1; done
 //   done
 //
+// "ab" runs PAIRS (default 9) pairs of runs in this one process (urge::run is
+// re-runnable), off then on, then on then off in the next pair, and prints
+// the median over the pairs of each pair's on/off - 1, in percent:
+//
+//   RESULT overhead <procs> wall_pct <value> %
+//   RESULT overhead <procs> cpu_pct <value> %
+//   RESULT overhead <procs> preempts_taken <median of the "on" runs> count
+//
+// A pair's two runs are seconds apart in one process, so a ratio within the
+// pair cancels what drifts between processes and over minutes (other load,
+// frequency, page placement); the median drops the pairs a burst disturbed.
+//
 // PROCS defaults to 1: the goroutines take turns on one P, and the difference
 // is the cost of the mechanism (signals, switches, cache refill). With more
 // Ps, scheduling adds its own effect: a goroutine stopped asynchronously
@@ -34,6 +47,7 @@
 #include <sys/resource.h>
 #include <sys/time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -95,7 +109,9 @@ double cpu_ns() {
 }
 
 [[noreturn]] void usage() {
-  std::fprintf(stderr, "usage: preempt_overhead on|off QUANTUM_MS [PROCS] [SCALE]\n");
+  std::fprintf(stderr,
+               "usage: preempt_overhead on|off QUANTUM_MS [PROCS] [SCALE]\n"
+               "       preempt_overhead ab QUANTUM_MS [PROCS] [SCALE] [PAIRS]\n");
   std::exit(2);
 }
 
@@ -106,26 +122,20 @@ long parse(const char* s, long lo, long hi) {
   return v;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  if (argc < 3 || argc > 5) usage();
-  const std::string_view mode = argv[1];
-  if (mode != "on" && mode != "off") usage();
-  urge::config cfg;
-  cfg.maxprocs = 1;
-  cfg.async_preempt = mode == "on";
-  cfg.quantum = std::chrono::milliseconds(parse(argv[2], 1, 1000));
-  if (argc > 3) cfg.maxprocs = static_cast<int>(parse(argv[3], 1, 1024));
-  const long scale = argc > 4 ? parse(argv[4], 1, 1000) : 1;
-  const long rounds = 40'000 * scale;
-
+struct measurement {
   int procs = 0;
   double wall = 0, cpu = 0;
   std::uint64_t taken = 0;
+  std::uint64_t checksum = 0;
+};
+
+// One run of the workload: 4 goroutines, `rounds` each. Exits with status 1
+// if their results differ.
+measurement measure(const urge::config& cfg, long rounds) {
+  measurement m;
   std::vector<std::uint64_t> results;
   urge::run(cfg, [&] {
-    procs = urge::maxprocs();
+    m.procs = urge::maxprocs();
     constexpr int goroutines = 4;
     results.assign(static_cast<std::size_t>(goroutines), 0);
     const std::uint64_t taken0 = urge::stats().preempts_taken;
@@ -140,21 +150,75 @@ int main(int argc, char** argv) {
       });
     }
     wg.wait();
-    wall = std::chrono::duration<double, std::nano>(clk::now() - t0).count();
-    cpu = cpu_ns() - cpu0;
-    taken = urge::stats().preempts_taken - taken0;
+    m.wall = std::chrono::duration<double, std::nano>(clk::now() - t0).count();
+    m.cpu = cpu_ns() - cpu0;
+    m.taken = urge::stats().preempts_taken - taken0;
   });
   for (std::uint64_t r : results) {
     if (r != results[0]) {
       std::fprintf(stderr, "preempt_overhead: the goroutines' results differ\n");
-      return 1;
+      std::exit(1);
     }
   }
-  std::printf("# async_preempt=%s quantum=%sms procs=%d goroutines=%zu checksum=%016llx\n", argv[1],
-              argv[2], procs, results.size(), static_cast<unsigned long long>(results[0]));
-  std::printf("RESULT overhead %d wall_ns %.6g ns\n", procs, wall);
-  std::printf("RESULT overhead %d cpu_ns %.6g ns\n", procs, cpu);
-  std::printf("RESULT overhead %d preempts_taken %llu count\n", procs,
-              static_cast<unsigned long long>(taken));
+  m.checksum = results[0];
+  return m;
+}
+
+template <typename T>
+T median(std::vector<T> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3 || argc > 6) usage();
+  const std::string_view mode = argv[1];
+  if (mode != "on" && mode != "off" && mode != "ab") usage();
+  if (mode != "ab" && argc > 5) usage();
+  urge::config cfg;
+  cfg.maxprocs = 1;
+  cfg.quantum = std::chrono::milliseconds(parse(argv[2], 1, 1000));
+  if (argc > 3) cfg.maxprocs = static_cast<int>(parse(argv[3], 1, 1024));
+  const long scale = argc > 4 ? parse(argv[4], 1, 1000) : 1;
+  const long rounds = 40'000 * scale;
+
+  if (mode == "ab") {
+    const long pairs = argc > 5 ? parse(argv[5], 1, 1000) : 9;
+    std::vector<double> wall_pct, cpu_pct;
+    std::vector<std::uint64_t> taken;
+    int procs = 0;
+    for (long i = 0; i < pairs; ++i) {
+      measurement off, on;
+      for (int k = 0; k < 2; ++k) {
+        const bool run_on = (k == 0) == (i % 2 == 1);  // off first in even pairs
+        cfg.async_preempt = run_on;
+        (run_on ? on : off) = measure(cfg, rounds);
+      }
+      procs = on.procs;
+      wall_pct.push_back((on.wall / off.wall - 1.0) * 100.0);
+      cpu_pct.push_back((on.cpu / off.cpu - 1.0) * 100.0);
+      taken.push_back(on.taken);
+      std::printf("# pair %ld: wall off %.1f ms on %.1f ms, cpu off %.1f ms on %.1f ms, %llu taken\n",
+                  i, off.wall / 1e6, on.wall / 1e6, off.cpu / 1e6, on.cpu / 1e6,
+                  static_cast<unsigned long long>(on.taken));
+    }
+    std::printf("RESULT overhead %d wall_pct %.4f %%\n", procs, median(wall_pct));
+    std::printf("RESULT overhead %d cpu_pct %.4f %%\n", procs, median(cpu_pct));
+    std::printf("RESULT overhead %d preempts_taken %llu count\n", procs,
+                static_cast<unsigned long long>(median(taken)));
+    return 0;
+  }
+
+  cfg.async_preempt = mode == "on";
+  const measurement m = measure(cfg, rounds);
+  std::printf("# async_preempt=%s quantum=%sms procs=%d goroutines=4 checksum=%016llx\n", argv[1],
+              argv[2], m.procs, static_cast<unsigned long long>(m.checksum));
+  std::printf("RESULT overhead %d wall_ns %.6g ns\n", m.procs, m.wall);
+  std::printf("RESULT overhead %d cpu_ns %.6g ns\n", m.procs, m.cpu);
+  std::printf("RESULT overhead %d preempts_taken %llu count\n", m.procs,
+              static_cast<unsigned long long>(m.taken));
   return 0;
 }
