@@ -1543,7 +1543,14 @@ void exit_blocking_call() {
     check_preempt();  // a request that came during the call (Go's exitsyscall)
     return;
   }
-  // Sysmon took it. Another idle P will do.
+  // Sysmon took it and handed it to another M, which moved to the P's CPU
+  // (pinning): this thread no longer belongs there. Unpinned until it takes
+  // a P again (acquirep pins it to that P's CPU).
+  if (mp->pinned_cpu >= 0) {
+    platform::unpin_current_thread(sched->cpus);
+    mp->pinned_cpu = -1;
+  }
+  // Another idle P will do.
   sched->lock.lock();
   p* pp = sched->stopping.load(std::memory_order_relaxed) ? nullptr : pidleget();
   sched->lock.unlock();

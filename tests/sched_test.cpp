@@ -1291,6 +1291,50 @@ std::vector<int> thread_affinity(pthread_t th) {
   return cpus;
 }
 
+// With pinning, a thread whose P was handed to another thread during a
+// blocking call must not stay on that P's CPU: the new owner runs there. A's
+// call lasts until B, which runs only once sysmon has handed the only P to
+// another thread, has started. B then keeps the P (a loop without scheduling
+// points, asynchronous preemption off) while A's call returns, so A's thread
+// finds no P; B watches that thread's affinity widen to the whole mask.
+TEST(Sched, ThreadThatLostItsPInABlockingCallIsUnpinned) {
+  const std::vector<int> mask = urge::platform::affinity_cpus();
+  if (mask.size() < 2) GTEST_SKIP() << "the affinity mask has one CPU: nothing to unpin";
+  urge::config cfg = procs(1);
+  cfg.pin_threads = true;
+  cfg.async_preempt = false;
+  std::vector<int> in_call, after_return;
+  urge::run(cfg, [&] {
+    std::atomic<pthread_t> a_thread{};
+    std::atomic<bool> b_started{false}, a_returning{false};
+    urge::wait_group wg;
+    wg.add(2);
+    urge::go([&] {  // A
+      // B waits in the run queue while A is in the call.
+      urge::go([&] {  // B
+        b_started.store(true);
+        while (!a_returning.load()) cpu_relax();
+        const auto deadline = clk::now() + tolerance(2s);
+        do {
+          after_return = thread_affinity(a_thread.load());
+        } while (after_return != mask && clk::now() < deadline);
+        wg.done();
+      });
+      urge::blocking([&] {
+        a_thread.store(pthread_self());
+        in_call = thread_affinity(pthread_self());
+        const auto deadline = clk::now() + tolerance(10s);
+        while (!b_started.load() && clk::now() < deadline) usleep(100);
+        a_returning.store(true);
+      });
+      wg.done();
+    });
+    wg.wait();
+  });
+  EXPECT_EQ(in_call, std::vector<int>{mask[0]}) << "A's thread held P0 when the call began";
+  EXPECT_EQ(after_return, mask) << "A's thread kept P0's CPU after losing P0";
+}
+
 TEST(Sched, PinnedThreadsRunOnTheirPsCpu) {
   const std::vector<int> mask = urge::platform::affinity_cpus();
   constexpr int kNeed = 2;
