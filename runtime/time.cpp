@@ -80,6 +80,7 @@ chan<time_point> after(std::chrono::nanoseconds d) {
   s->t.f = after_fire;
   s->t.arg = s;
   runtime::add_timer(&s->t);
+  runtime::check_preempt();  // timer operations are preemption points (see chansend)
   return ch;
 }
 
@@ -155,6 +156,7 @@ ticker::~ticker() {
 
 void ticker::stop() {
   if (s_) runtime::del_timer(&s_->t);
+  runtime::check_preempt();
 }
 
 void ticker::reset(std::chrono::nanoseconds period) {
@@ -164,6 +166,7 @@ void ticker::reset(std::chrono::nanoseconds period) {
   s_->t.when = when_after(period);
   s_->t.period = p;
   runtime::add_timer(&s_->t);
+  runtime::check_preempt();
 }
 
 // ---- timer and after_func ----------------------------------------------------
@@ -230,23 +233,33 @@ timer::~timer() {
 
 bool timer::stop() {
   if (!s_) return false;
-  std::lock_guard lock(s_->mu);
-  if (!runtime::del_timer(&s_->t)) return false;     // fired: the callback drops its reference
-  s_->refs.fetch_sub(1, std::memory_order_relaxed);  // never the last: we hold one
-  return true;
+  bool stopped = false;
+  {
+    std::lock_guard lock(s_->mu);
+    if (runtime::del_timer(&s_->t)) {  // else fired: the callback drops its reference
+      s_->refs.fetch_sub(1, std::memory_order_relaxed);  // never the last: we hold one
+      stopped = true;
+    }
+  }
+  runtime::check_preempt();
+  return stopped;
 }
 
 bool timer::reset(std::chrono::nanoseconds d) {
   if (!s_) throw std::logic_error("urge::timer::reset on a moved-from timer");
-  std::lock_guard lock(s_->mu);
-  const bool was_pending = runtime::del_timer(&s_->t);
-  // Removed: its reference carries over. Fired: a callback may still be
-  // running with its own reference; the new pending timer takes another.
-  // Re-adding the same runtime timer meanwhile is allowed: the runtime does
-  // not touch a one-shot timer once it has called the callback.
-  if (!was_pending) s_->refs.fetch_add(1, std::memory_order_relaxed);
-  s_->t.when = when_after(d);
-  runtime::add_timer(&s_->t);
+  bool was_pending;
+  {
+    std::lock_guard lock(s_->mu);
+    was_pending = runtime::del_timer(&s_->t);
+    // Removed: its reference carries over. Fired: a callback may still be
+    // running with its own reference; the new pending timer takes another.
+    // Re-adding the same runtime timer meanwhile is allowed: the runtime does
+    // not touch a one-shot timer once it has called the callback.
+    if (!was_pending) s_->refs.fetch_add(1, std::memory_order_relaxed);
+    s_->t.when = when_after(d);
+    runtime::add_timer(&s_->t);
+  }
+  runtime::check_preempt();
   return was_pending;
 }
 

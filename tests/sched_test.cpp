@@ -44,6 +44,7 @@
 #include "urge/runtime.hpp"
 #include "urge/select.hpp"
 #include "urge/sync.hpp"
+#include "urge/time.hpp"
 
 namespace {
 
@@ -367,10 +368,16 @@ std::vector<coop_case> coop_cases() {
          sem.release(1);
        }},
       {"BlockingCall", [] { urge::blocking([] {}); }},
+      {"TimerResetStop",
+       [] {
+         urge::timer t(std::chrono::hours(1));  // a timer belongs to one run()
+         t.reset(std::chrono::hours(1));
+         t.stop();
+       }},
   };
 }
 
-INSTANTIATE_TEST_SUITE_P(Sched, CooperativePreemption, ::testing::Range(0, 7),
+INSTANTIATE_TEST_SUITE_P(Sched, CooperativePreemption, ::testing::Range(0, 8),
                          [](const auto& info) { return coop_cases()[info.param].name; });
 
 TEST_P(CooperativePreemption, LoopOfNonParkingOperationsGivesThePUp) {
