@@ -1614,8 +1614,9 @@ TEST(Preempt, HogAfterAnIdlePIsStoppedAfterOneQuantum) {
   std::sort(latency_ms.begin(), latency_ms.end());
   const double median = latency_ms[latency_ms.size() / 2];
   RecordProperty("median_latency_us", std::to_string(median * 1000));
-  // Never sooner than the quantum (sysmon measures it from its first look).
-  EXPECT_GE(latency_ms.front(), 0.9 * ms(quantum));
+  // Never much sooner than the quantum: sysmon dates a slice from its
+  // previous look, at most one watching period (quantum / 10) early.
+  EXPECT_GE(latency_ms.front(), 0.85 * ms(quantum));
   if (!slow()) {
     EXPECT_LT(median, ms(quantum) + 2.5) << "max " << latency_ms.back() << " ms";
   }
