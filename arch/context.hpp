@@ -76,10 +76,10 @@ static_assert(offsetof(switch_frame, rbp) == URGE_FRAME_RBP);
 static_assert(offsetof(switch_frame, rip) == URGE_FRAME_RIP);
 #elif defined(__aarch64__)
 struct switch_frame {
-  std::uint64_t d[8];    // d8..d15
-  std::uint64_t x[10];   // x19..x28
-  std::uint64_t x29;     // frame pointer
-  std::uint64_t x30;     // link register: where the switch returns
+  std::uint64_t d[8];   // d8..d15
+  std::uint64_t x[10];  // x19..x28
+  std::uint64_t x29;    // frame pointer
+  std::uint64_t x30;    // link register: where the switch returns
   std::uint64_t fpcr;
   std::uint64_t pad;
 };
@@ -94,8 +94,8 @@ static_assert(sizeof(switch_frame) == URGE_FRAME_SIZE);
 static_assert(sizeof(switch_frame) % 16 == 0);
 
 struct context {
-  void* sp = nullptr;            // saved stack pointer while not running; owned by whoever switches
-  void* stack_lo = nullptr;      // lowest address of the stack, for sanitizers and tracebacks
+  void* sp = nullptr;        // saved stack pointer while not running; owned by whoever switches
+  void* stack_lo = nullptr;  // lowest address of the stack, for sanitizers and tracebacks
   std::size_t stack_size = 0;
 #if URGE_ASAN
   void* asan_fake_stack = nullptr;  // ASan's per-context fake stack handle

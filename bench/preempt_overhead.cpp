@@ -201,9 +201,10 @@ int main(int argc, char** argv) {
       wall_pct.push_back((on.wall / off.wall - 1.0) * 100.0);
       cpu_pct.push_back((on.cpu / off.cpu - 1.0) * 100.0);
       taken.push_back(on.taken);
-      std::printf("# pair %ld: wall off %.1f ms on %.1f ms, cpu off %.1f ms on %.1f ms, %llu taken\n",
-                  i, off.wall / 1e6, on.wall / 1e6, off.cpu / 1e6, on.cpu / 1e6,
-                  static_cast<unsigned long long>(on.taken));
+      std::printf(
+          "# pair %ld: wall off %.1f ms on %.1f ms, cpu off %.1f ms on %.1f ms, %llu taken\n", i,
+          off.wall / 1e6, on.wall / 1e6, off.cpu / 1e6, on.cpu / 1e6,
+          static_cast<unsigned long long>(on.taken));
     }
     std::printf("RESULT overhead %d wall_pct %.4f %%\n", procs, median(wall_pct));
     std::printf("RESULT overhead %d cpu_pct %.4f %%\n", procs, median(cpu_pct));

@@ -89,9 +89,13 @@ bool unpin_current_thread(const std::vector<int>& cpus) {
   return sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
-int current_cpu() { return sched_getcpu(); }
+int current_cpu() {
+  return sched_getcpu();
+}
 
-int current_tid() { return static_cast<int>(syscall(SYS_gettid)); }
+int current_tid() {
+  return static_cast<int>(syscall(SYS_gettid));
+}
 
 bool request_short_slice(std::uint64_t ns) {
   // struct sched_attr of sched_setattr(2); glibc has no wrapper.

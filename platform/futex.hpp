@@ -41,7 +41,9 @@ struct note {
   std::atomic<std::uint32_t> key{0};  // 0: not signalled, 1: signalled
 };
 
-inline void noteclear(note& n) { n.key.store(0, std::memory_order_relaxed); }
+inline void noteclear(note& n) {
+  n.key.store(0, std::memory_order_relaxed);
+}
 
 inline void notewakeup(note& n) {
   if (n.key.exchange(1, std::memory_order_release) == 0) futex_wake(&n.key, 1);

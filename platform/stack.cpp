@@ -36,7 +36,9 @@ std::size_t page_size() {
   return p;
 }
 
-std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+std::size_t round_up(std::size_t n, std::size_t to) {
+  return (n + to - 1) / to * to;
+}
 
 // ---- Slab registry -------------------------------------------------------
 // The SIGSEGV handler must map a fault address to a stack without locks or
@@ -209,7 +211,8 @@ void ensure_alt_stack() {
   if (done) return;
   done = true;
   stack_t cur{};
-  if (sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)) return;  // the thread has one
+  if (sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE))
+    return;  // the thread has one
   // 64 KiB: the handler itself needs little, but the kernel's signal frame
   // with AVX-512 state is ~3 KiB and chained handlers (ASan's) need more.
   constexpr std::size_t size = 64 * 1024;
@@ -227,7 +230,7 @@ void ensure_alt_stack() {
 void install_overflow_handler() {
   ensure_alt_stack();
   if (g_handler_installed.exchange(true)) return;
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_sigaction = overflow_handler;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
   sigemptyset(&sa.sa_mask);
@@ -377,11 +380,11 @@ void stack_pool::grow_locked() {
   std::size_t nslots = next_slab_slots_;
   if (opts_.max_stacks) {
     if (total_ >= opts_.max_stacks) {
-      throw std::system_error(
-          ENOMEM, std::generic_category(),
-          "urge: goroutine stack budget exhausted: " + std::to_string(total_) + " stacks of " +
-              std::to_string(stack_size_) + " bytes are live (limit " +
-              std::to_string(opts_.max_stacks) + ")");
+      throw std::system_error(ENOMEM, std::generic_category(),
+                              "urge: goroutine stack budget exhausted: " + std::to_string(total_) +
+                                  " stacks of " + std::to_string(stack_size_) +
+                                  " bytes are live (limit " + std::to_string(opts_.max_stacks) +
+                                  ")");
     }
     nslots = std::min(nslots, opts_.max_stacks - total_);
   }
@@ -391,9 +394,9 @@ void stack_pool::grow_locked() {
   if (mem == MAP_FAILED) {
     int e = errno;
     throw std::system_error(e, std::generic_category(),
-                            "urge: cannot map " + std::to_string(nslots) +
-                                " goroutine stacks of " + std::to_string(stack_size_) +
-                                " bytes (" + std::to_string(total_) + " stacks already live)");
+                            "urge: cannot map " + std::to_string(nslots) + " goroutine stacks of " +
+                                std::to_string(stack_size_) + " bytes (" + std::to_string(total_) +
+                                " stacks already live)");
   }
   char* base = static_cast<char*>(mem);
   guard_kind kind = preferred_;
@@ -406,7 +409,8 @@ void stack_pool::grow_locked() {
       if (mprotect(base + guarded * slot_size_, page_, PROT_NONE) != 0) break;
       protected_budget_left_ -= 2;
     }
-    if (guarded < nslots) protected_budget_left_ = 0;  // budget or kernel said no: canaries from now on
+    if (guarded < nslots)
+      protected_budget_left_ = 0;  // budget or kernel said no: canaries from now on
   }
   auto* s = new slab{};
   s->base = base;
@@ -456,7 +460,9 @@ void stack_pool::check_released(const stack& s) {
   }
 }
 
-void stack_pool::release(const stack& s) { release_batch(&s, 1); }
+void stack_pool::release(const stack& s) {
+  release_batch(&s, 1);
+}
 
 void stack_pool::release_batch(const stack* in, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) check_released(in[i]);

@@ -42,7 +42,7 @@
 namespace urge::platform {
 
 enum class guard_kind : std::uint8_t {
-  guard_region,  // MADV_GUARD_INSTALL
+  guard_region,    // MADV_GUARD_INSTALL
   protected_page,  // mprotect(PROT_NONE)
   canary,          // zero-filled page checked in software
 };
@@ -50,8 +50,8 @@ enum class guard_kind : std::uint8_t {
 const char* to_string(guard_kind k);
 
 struct stack {
-  char* lo = nullptr;     // lowest usable byte; the guard page is just below
-  std::size_t size = 0;   // usable bytes: the stack is [lo, lo + size)
+  char* lo = nullptr;    // lowest usable byte; the guard page is just below
+  std::size_t size = 0;  // usable bytes: the stack is [lo, lo + size)
   guard_kind guard = guard_kind::canary;
 
   char* hi() const { return lo + size; }
@@ -87,14 +87,14 @@ void ensure_alt_stack();
 class stack_pool {
  public:
   struct options {
-    std::size_t stack_size = 0;   // 0: default_stack_size(); rounded up to pages
+    std::size_t stack_size = 0;  // 0: default_stack_size(); rounded up to pages
     // Forces a guard kind for tests; by default the best available is used.
     bool force_guard = false;
     guard_kind forced = guard_kind::canary;
     // Mapping budget for protected_page guards; SIZE_MAX: derived from
     // vm.max_map_count at construction.
     std::size_t protected_page_budget = SIZE_MAX;
-    std::size_t max_stacks = 0;   // 0: no limit beyond memory
+    std::size_t max_stacks = 0;  // 0: no limit beyond memory
   };
 
   stack_pool() : stack_pool(options{}) {}

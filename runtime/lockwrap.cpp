@@ -32,7 +32,9 @@ Fn real(Fn& slot, const char* name) {
   return f;
 }
 
-inline void acquired() { ++urge::runtime::user_locks; }
+inline void acquired() {
+  ++urge::runtime::user_locks;
+}
 
 inline void released(void* caller) {
   if (--urge::runtime::user_locks == 0 && urge::runtime::preempt_deferred) {
@@ -40,11 +42,11 @@ inline void released(void* caller) {
   }
 }
 
-#define URGE_WRAP_LOCK(name, T)                                  \
-  using name##_fn = int (*)(T*);                                 \
+#define URGE_WRAP_LOCK(name, T)  \
+  using name##_fn = int (*)(T*); \
   name##_fn real_##name = nullptr;
-#define URGE_WRAP_TIMED(name, T)                                 \
-  using name##_fn = int (*)(T*, const struct timespec*);         \
+#define URGE_WRAP_TIMED(name, T)                         \
+  using name##_fn = int (*)(T*, const struct timespec*); \
   name##_fn real_##name = nullptr;
 
 URGE_WRAP_LOCK(pthread_mutex_lock, pthread_mutex_t)
@@ -70,23 +72,23 @@ guard_void_fn real_guard_abort = nullptr;
 
 }  // namespace
 
-#define URGE_DEFINE_ACQUIRE(name, T)                            \
-  extern "C" int name(T* l) {                                   \
-    int r = real(real_##name, #name)(l);                        \
-    if (r == 0) acquired();                                     \
-    return r;                                                   \
+#define URGE_DEFINE_ACQUIRE(name, T)     \
+  extern "C" int name(T* l) {            \
+    int r = real(real_##name, #name)(l); \
+    if (r == 0) acquired();              \
+    return r;                            \
   }
-#define URGE_DEFINE_TIMED(name, T)                              \
-  extern "C" int name(T* l, const struct timespec* t) {         \
-    int r = real(real_##name, #name)(l, t);                     \
-    if (r == 0) acquired();                                     \
-    return r;                                                   \
+#define URGE_DEFINE_TIMED(name, T)                      \
+  extern "C" int name(T* l, const struct timespec* t) { \
+    int r = real(real_##name, #name)(l, t);             \
+    if (r == 0) acquired();                             \
+    return r;                                           \
   }
-#define URGE_DEFINE_RELEASE(name, T)                            \
-  extern "C" int name(T* l) {                                   \
-    int r = real(real_##name, #name)(l);                        \
-    if (r == 0) released(__builtin_return_address(0));          \
-    return r;                                                   \
+#define URGE_DEFINE_RELEASE(name, T)                   \
+  extern "C" int name(T* l) {                          \
+    int r = real(real_##name, #name)(l);               \
+    if (r == 0) released(__builtin_return_address(0)); \
+    return r;                                          \
   }
 
 URGE_DEFINE_ACQUIRE(pthread_mutex_lock, pthread_mutex_t)

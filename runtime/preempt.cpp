@@ -60,8 +60,8 @@ bool lib_opted_in(const char* name) {
   std::size_t pos = 0;
   while (pos <= g_extra_libs.size()) {
     std::size_t colon = g_extra_libs.find(':', pos);
-    std::string item = g_extra_libs.substr(pos, colon == std::string::npos ? std::string::npos
-                                                                           : colon - pos);
+    std::string item =
+        g_extra_libs.substr(pos, colon == std::string::npos ? std::string::npos : colon - pos);
     if (!item.empty() && std::strstr(name, item.c_str())) return true;
     if (colon == std::string::npos) break;
     pos = colon + 1;
@@ -198,8 +198,9 @@ void preempt_request(m* mp, g* gp) {
   gp->preempt.store(true, std::memory_order_relaxed);
   sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
   if (!sched->async_preempt || mp->tid == 0) return;
-  if (gp->status.load(std::memory_order_relaxed) != gstatus::running) return;  // never a blocking call
-  if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return;   // one in flight
+  if (gp->status.load(std::memory_order_relaxed) != gstatus::running)
+    return;  // never a blocking call
+  if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return;  // one in flight
   g_signals_sent.fetch_add(1, std::memory_order_relaxed);
   syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);
 }

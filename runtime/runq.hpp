@@ -210,8 +210,8 @@ class run_queue {
       }
       if (n > capacity / 2) continue;  // read an inconsistent h and t
       for (std::uint32_t i = 0; i < n; ++i) {
-        dst[(dst_head + i) % capacity].store(slots_[(h + i) % capacity].load(std::memory_order_relaxed),
-                                             std::memory_order_relaxed);
+        dst[(dst_head + i) % capacity].store(
+            slots_[(h + i) % capacity].load(std::memory_order_relaxed), std::memory_order_relaxed);
       }
       if (head_.compare_exchange_strong(h, h + n, std::memory_order_release)) return n;
     }

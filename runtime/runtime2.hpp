@@ -76,12 +76,12 @@ const char* to_string(waitreason w);
 // are off its stack. See "Parking" in proc.cpp.
 enum class after_switch : std::uint8_t {
   none,
-  ready_local,   // yield: make it runnable at the tail of the local queue
-  ready_global,  // preempted: make it runnable on the global queue (Go's gopreempt_m)
-  park,          // park: call unlockf; if it says no, make it runnable again
-  exit,          // it returned: recycle its stack
-  exit_blocking, // back from a blocking call with no P: queue it globally (exitsyscall0)
-  ready_locked,  // stopped asynchronously: runnable on this M's private queue only
+  ready_local,    // yield: make it runnable at the tail of the local queue
+  ready_global,   // preempted: make it runnable on the global queue (Go's gopreempt_m)
+  park,           // park: call unlockf; if it says no, make it runnable again
+  exit,           // it returned: recycle its stack
+  exit_blocking,  // back from a blocking call with no P: queue it globally (exitsyscall0)
+  ready_locked,   // stopped asynchronously: runnable on this M's private queue only
 };
 
 using unlock_fn = bool (*)(g* gp, void* arg);
@@ -119,27 +119,27 @@ struct g {
   // reported), but exchanged at the first run for a recently used one.
   platform::stack stk;
   std::atomic<gstatus> status{gstatus::idle};
-  std::uint32_t magic = 0;         // g_magic from allocation on (for debuggers walking allgs)
-  std::uint64_t goid = 0;          // set at creation
-  g* schedlink = nullptr;          // run queue batches, the global queue, free lists; their lock
+  std::uint32_t magic = 0;  // g_magic from allocation on (for debuggers walking allgs)
+  std::uint64_t goid = 0;   // set at creation
+  g* schedlink = nullptr;   // run queue batches, the global queue, free lists; their lock
   // Set only in an M's proxy (m::lockedproxy): this run-queue entry stands
   // for that M's stopped goroutines. See "Stopped goroutines and their
   // threads" in proc.cpp. Fixed.
   m* lockedm = nullptr;
-  m* curm = nullptr;               // the M running it (running, syscall); owner
-  std::atomic<bool> preempt{false};  // cooperative preemption request, set by sysmon
+  m* curm = nullptr;                     // the M running it (running, syscall); owner
+  std::atomic<bool> preempt{false};      // cooperative preemption request, set by sysmon
   waitreason reason = waitreason::zero;  // why it is waiting; set before parking
   // pthread locks held, while not running (preempt.hpp). With the fields
   // around it, near the g's first cache line: every switch reads and writes it.
   int user_locks = 0;
-  eh_globals eh;                   // its exception state, while not running; owner (every switch)
-  std::int64_t waitsince = 0;      // nanotime when it parked
-  void* param = nullptr;           // set by whoever readies it (channels: the winning case)
-  detail::closure_fn fn = nullptr; // entry: fn(closure)
-  void* closure = nullptr;         // in closure_room, or at the top of stk
-  void* creator_pc = nullptr;      // the `go` statement's return address
+  eh_globals eh;                    // its exception state, while not running; owner (every switch)
+  std::int64_t waitsince = 0;       // nanotime when it parked
+  void* param = nullptr;            // set by whoever readies it (channels: the winning case)
+  detail::closure_fn fn = nullptr;  // entry: fn(closure)
+  void* closure = nullptr;          // in closure_room, or at the top of stk
+  void* creator_pc = nullptr;       // the `go` statement's return address
   std::uint64_t parent_goid = 0;
-  g* alllink = nullptr;            // allgs: push-only list, read lock-free
+  g* alllink = nullptr;  // allgs: push-only list, read lock-free
   // For sleep(): allocated at the G's first sleep and kept with it (Go's
   // g.timer); most goroutines never sleep. Owner.
   timer* sleep_timer = nullptr;
@@ -159,29 +159,29 @@ struct m {
   m& operator=(const m&) = delete;
 
   int id = 0;
-  arch::context g0;                // the thread's own stack, running schedule(); owner
-  std::atomic<g*> curg{nullptr};   // the G it runs, or nullptr on g0; owner writes, sysmon reads
-  p* curp = nullptr;               // the attached P (Go's m.p); owner
-  p* nextp = nullptr;              // P handed over by startm; sched.lock / its note
-  p* oldp = nullptr;               // P it held before a blocking call; owner
-  bool spinning = false;           // looking for work, counted in sched.nmspinning; owner
-  bool blocked = false;            // asleep on `park` (for scheddetail); owner
-  int pinned_cpu = -1;             // the CPU its thread is bound to, or -1; owner
-  platform::note park;             // sleeps here when idle
-  m* schedlink = nullptr;          // idle list; sched.lock
-  m* alllink = nullptr;            // allm; sched.lock
-  int tid = 0;                     // kernel thread id
-  std::thread thread;              // joined at shutdown (not for M0, the caller of run)
-  bool exited = false;             // left the scheduler loop; sched.lock
+  arch::context g0;               // the thread's own stack, running schedule(); owner
+  std::atomic<g*> curg{nullptr};  // the G it runs, or nullptr on g0; owner writes, sysmon reads
+  p* curp = nullptr;              // the attached P (Go's m.p); owner
+  p* nextp = nullptr;             // P handed over by startm; sched.lock / its note
+  p* oldp = nullptr;              // P it held before a blocking call; owner
+  bool spinning = false;          // looking for work, counted in sched.nmspinning; owner
+  bool blocked = false;           // asleep on `park` (for scheddetail); owner
+  int pinned_cpu = -1;            // the CPU its thread is bound to, or -1; owner
+  platform::note park;            // sleeps here when idle
+  m* schedlink = nullptr;         // idle list; sched.lock
+  m* alllink = nullptr;           // allm; sched.lock
+  int tid = 0;                    // kernel thread id
+  std::thread thread;             // joined at shutdown (not for M0, the caller of run)
+  bool exited = false;            // left the scheduler loop; sched.lock
   // The pending after-switch action (see "Parking"). Written by the context
   // switching away, consumed by the context switched to, on this M.
   after_switch pending = after_switch::none;
   g* pending_g = nullptr;
   unlock_fn pending_unlock = nullptr;
   void* pending_arg = nullptr;
-  std::uint64_t fastrand = 0;      // owner
-  eh_globals* eh = nullptr;        // this thread's exception state; set at start
-  eh_globals g0_eh;                // g0's, while a goroutine runs; owner
+  std::uint64_t fastrand = 0;  // owner
+  eh_globals* eh = nullptr;    // this thread's exception state; set at start
+  eh_globals g0_eh;            // g0's, while a goroutine runs; owner
   // Asynchronous preemption (preempt.cpp). Goroutines stopped at an arbitrary
   // instruction wait here, to resume on this thread; owner only. See
   // "Stopped goroutines and their threads" in proc.cpp.
@@ -191,21 +191,21 @@ struct m {
   // Parked without a P while lockedq is not empty (Go's stoplockedm), its
   // proxy queued; sched.lock.
   bool lockedwait = false;
-  g lockedproxy;                   // lockedm == this; in a run queue only while lockedwait
-  g* handoff = nullptr;            // a proxy pick_local took, for g0 to act on; owner
+  g lockedproxy;                            // lockedm == this; in a run queue only while lockedwait
+  g* handoff = nullptr;                     // a proxy pick_local took, for g0 to act on; owner
   std::atomic<bool> signal_pending{false};  // a SIGURG is in flight to this M
-  bool in_preempt = false;         // between the handler's redirect and the switch; owner
-  void* resume_ctx = nullptr;      // saved state to resume through the next SIGURG; owner
-  sigset_t resume_mask{};          // the thread's mask to restore with it; owner
+  bool in_preempt = false;                  // between the handler's redirect and the switch; owner
+  void* resume_ctx = nullptr;               // saved state to resume through the next SIGURG; owner
+  sigset_t resume_mask{};                   // the thread's mask to restore with it; owner
 };
 
 // A processor.
 struct p {
   int id = 0;
   std::atomic<pstatus> status{pstatus::idle};
-  std::atomic<m*> curm{nullptr};   // the M it is attached to; owner writes, sysmon reads
-  p* link = nullptr;               // idle list; sched.lock
-  std::uint32_t schedtick = 0;     // incremented on every schedule that does not inherit; owner
+  std::atomic<m*> curm{nullptr};  // the M it is attached to; owner writes, sysmon reads
+  p* link = nullptr;              // idle list; sched.lock
+  std::uint32_t schedtick = 0;    // incremented on every schedule that does not inherit; owner
   // gopark's clock reading and the schedtick it was taken at; owner.
   std::int64_t park_clock = 0;
   std::uint32_t park_clock_tick = 0;
@@ -216,7 +216,7 @@ struct p {
   platform::stack_cache stackcache;  // owner
   g* gfree = nullptr;                // dead Gs to reuse (Go's p.gFree); owner
   int gfreecnt = 0;                  // owner
-  int cpu = -1;                    // the CPU its M is pinned to, or -1
+  int cpu = -1;                      // the CPU its M is pinned to, or -1
   // sysmon's view (sysmon only).
   std::uint32_t sysmon_schedtick = 0;
   std::int64_t sysmon_schedwhen = 0;
@@ -228,21 +228,21 @@ struct p {
 struct schedt {
   futex_mutex lock;
 
-  m* midle = nullptr;              // idle Ms waiting for work; lock
-  int nmidle = 0;                  // lock
-  int nmidlelocked = 0;            // Ms parked with stopped goroutines (m::lockedwait); lock
-  int mcount = 0;                  // Ms created, excluding sysmon; lock
-  int mexited = 0;                 // Ms that left the loop at shutdown; lock
-  m* allm = nullptr;               // lock
-  p* pidle = nullptr;              // idle Ps; lock
+  m* midle = nullptr;    // idle Ms waiting for work; lock
+  int nmidle = 0;        // lock
+  int nmidlelocked = 0;  // Ms parked with stopped goroutines (m::lockedwait); lock
+  int mcount = 0;        // Ms created, excluding sysmon; lock
+  int mexited = 0;       // Ms that left the loop at shutdown; lock
+  m* allm = nullptr;     // lock
+  p* pidle = nullptr;    // idle Ps; lock
   std::atomic<int> npidle{0};
   std::atomic<int> nmspinning{0};  // see "Worker thread parking/unparking"
 
-  g* runqhead = nullptr;           // global run queue; lock
+  g* runqhead = nullptr;  // global run queue; lock
   g* runqtail = nullptr;
-  std::atomic<int> runqsize{0};    // written under lock, read racily as a hint
+  std::atomic<int> runqsize{0};  // written under lock, read racily as a hint
 
-  std::vector<p*> allp;            // fixed for the runtime's life
+  std::vector<p*> allp;                 // fixed for the runtime's life
   std::vector<std::uint32_t> coprimes;  // strides coprime with gomaxprocs, for steal order
   int gomaxprocs = 0;
   std::atomic<std::int64_t> ngoroutines{0};  // live Gs, main included
@@ -260,15 +260,15 @@ struct schedt {
 
   // Lifecycle.
   std::atomic<bool> stopping{false};  // main returned, or deadlock: Ms leave their loops
-  bool deadlock = false;               // lock
-  std::exception_ptr main_exception;   // main goroutine only
+  bool deadlock = false;              // lock
+  std::exception_ptr main_exception;  // main goroutine only
   g* main_g = nullptr;
 
   // Configuration.
   std::int64_t quantum_ns = 10'000'000;
   bool async_preempt = true;
   bool pin_threads = false;
-  std::vector<int> cpus;           // affinity mask, for pinning
+  std::vector<int> cpus;  // affinity mask, for pinning
   std::int64_t schedtrace_ms = 0;
   bool scheddetail = false;
   std::int64_t start_time = 0;

@@ -36,9 +36,9 @@ struct timer {
   void* arg = nullptr;
   // The heap holding this timer, or nullptr. Written under that heap's lock.
   std::atomic<timer_heap*> heap{nullptr};
-  std::int32_t index = -1;               // position in heap; heap's lock
-  std::atomic<bool> firing{false};       // a periodic callback is running
-  std::atomic<bool> cancelled{false};    // del() was called: do not re-arm a periodic timer
+  std::int32_t index = -1;             // position in heap; heap's lock
+  std::atomic<bool> firing{false};     // a periodic callback is running
+  std::atomic<bool> cancelled{false};  // del() was called: do not re-arm a periodic timer
 };
 
 class timer_heap {

@@ -91,8 +91,7 @@ bool is_entry_glue(const char* mangled) {
 
 bool is_runtime_frame(const char* name) {
   return starts_with(name, "_ZN4urge7runtime") || starts_with(name, "_ZN4urge6detail") ||
-         starts_with(name, "_ZN4urge4arch") || starts_with(name, "urge_") ||
-         false;
+         starts_with(name, "_ZN4urge4arch") || starts_with(name, "urge_") || false;
 }
 
 // The C++ exception machinery: __cxa_throw and friends, the unwinder, the
@@ -177,8 +176,8 @@ class line_finder {
       tried_ = true;
       // Created lazily, once per traceback: it reads /proc/self/maps, and the
       // modules' debug info is loaded on first use.
-      static const Dwfl_Callbacks callbacks = {
-          dwfl_linux_proc_find_elf, dwfl_standard_find_debuginfo, nullptr, nullptr};
+      static const Dwfl_Callbacks callbacks = {dwfl_linux_proc_find_elf,
+                                               dwfl_standard_find_debuginfo, nullptr, nullptr};
       dwfl_ = dwfl_begin(&callbacks);
       if (dwfl_ && (dwfl_linux_proc_report(dwfl_, getpid()) != 0 ||
                     dwfl_report_end(dwfl_, nullptr, nullptr) != 0)) {
@@ -487,21 +486,51 @@ int snap_access_reg(unw_addr_space_t, unw_regnum_t reg, unw_word_t* val, int wri
   const parked_regs& r = static_cast<snapshot*>(arg)->regs;
 #if defined(__x86_64__)
   switch (reg) {
-    case UNW_X86_64_RIP: *val = r.ip; return 0;
-    case UNW_X86_64_RSP: *val = r.sp; return 0;
-    case UNW_X86_64_RBP: *val = r.fp; return 0;
-    case UNW_X86_64_RBX: *val = r.callee[0]; return 0;
-    case UNW_X86_64_R12: *val = r.callee[1]; return 0;
-    case UNW_X86_64_R13: *val = r.callee[2]; return 0;
-    case UNW_X86_64_R14: *val = r.callee[3]; return 0;
-    case UNW_X86_64_R15: *val = r.callee[4]; return 0;
-    default: *val = 0; return 0;
+    case UNW_X86_64_RIP:
+      *val = r.ip;
+      return 0;
+    case UNW_X86_64_RSP:
+      *val = r.sp;
+      return 0;
+    case UNW_X86_64_RBP:
+      *val = r.fp;
+      return 0;
+    case UNW_X86_64_RBX:
+      *val = r.callee[0];
+      return 0;
+    case UNW_X86_64_R12:
+      *val = r.callee[1];
+      return 0;
+    case UNW_X86_64_R13:
+      *val = r.callee[2];
+      return 0;
+    case UNW_X86_64_R14:
+      *val = r.callee[3];
+      return 0;
+    case UNW_X86_64_R15:
+      *val = r.callee[4];
+      return 0;
+    default:
+      *val = 0;
+      return 0;
   }
 #else
-  if (reg == UNW_AARCH64_PC) { *val = r.ip; return 0; }
-  if (reg == UNW_AARCH64_SP) { *val = r.sp; return 0; }
-  if (reg == UNW_AARCH64_X29) { *val = r.fp; return 0; }
-  if (reg == UNW_AARCH64_X30) { *val = r.ip; return 0; }
+  if (reg == UNW_AARCH64_PC) {
+    *val = r.ip;
+    return 0;
+  }
+  if (reg == UNW_AARCH64_SP) {
+    *val = r.sp;
+    return 0;
+  }
+  if (reg == UNW_AARCH64_X29) {
+    *val = r.fp;
+    return 0;
+  }
+  if (reg == UNW_AARCH64_X30) {
+    *val = r.ip;
+    return 0;
+  }
   if (reg >= UNW_AARCH64_X19 && reg <= UNW_AARCH64_X28) {
     *val = r.callee[reg - UNW_AARCH64_X19];
     return 0;
@@ -515,7 +544,9 @@ int snap_access_fpreg(unw_addr_space_t, unw_regnum_t, unw_fpreg_t*, int, void*) 
   return -UNW_EBADREG;
 }
 
-int snap_resume(unw_addr_space_t, unw_cursor_t*, void*) { return -UNW_EINVAL; }
+int snap_resume(unw_addr_space_t, unw_cursor_t*, void*) {
+  return -UNW_EINVAL;
+}
 
 bool read_parked_regs(g* gp, parked_regs& r) {
   auto sp = reinterpret_cast<std::uintptr_t>(gp->ctx.sp);
@@ -545,7 +576,9 @@ bool read_parked_regs(g* gp, parked_regs& r) {
 }  // namespace
 
 namespace {
-void ensure_local_accessors() { unwinder_ready(); }
+void ensure_local_accessors() {
+  unwinder_ready();
+}
 
 // Symbolizing needs more stack than a goroutine has: libdw's DWARF readers
 // and libunwind's cursors want tens of KiB, and a goroutine's default stack

@@ -419,9 +419,9 @@ TEST(Context, RoundingModeIsPerContext) {
   stack s1 = pool.acquire(), s2 = pool.acquire();
   urge::arch::make_context(up.ctx, s1.lo, s1.size, fp_entry, &up);
   urge::arch::make_context(down.ctx, s2.lo, s2.size, fp_entry, &down);
-  urge::arch::switch_context(home, up.ctx, nullptr);    // each sets its mode
+  urge::arch::switch_context(home, up.ctx, nullptr);  // each sets its mode
   urge::arch::switch_context(home, down.ctx, nullptr);
-  ASSERT_EQ(std::fegetround(), FE_TONEAREST);           // home's mode untouched
+  ASSERT_EQ(std::fegetround(), FE_TONEAREST);  // home's mode untouched
   for (int i = 0; i < 5; ++i) {
     urge::arch::switch_context(home, up.ctx, nullptr);
     urge::arch::switch_context(home, down.ctx, nullptr);

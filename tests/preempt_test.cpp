@@ -1389,9 +1389,8 @@ std::string preempt_snapshot() {
   std::lock_guard lock(urge::runtime::sched->lock);
   for (urge::runtime::m* mp = urge::runtime::sched->allm; mp; mp = mp->alllink) {
     urge::runtime::g* gp = mp->curg.load();
-    out += "; M tid " + std::to_string(mp->tid) + ": curg " +
-           std::to_string(gp ? gp->goid : 0) + " preempt " +
-           std::to_string(gp ? gp->preempt.load() : 0) + " signal_pending " +
+    out += "; M tid " + std::to_string(mp->tid) + ": curg " + std::to_string(gp ? gp->goid : 0) +
+           " preempt " + std::to_string(gp ? gp->preempt.load() : 0) + " signal_pending " +
            std::to_string(mp->signal_pending.load()) + " in_preempt " +
            std::to_string(mp->in_preempt) + " resume_ctx " +
            std::to_string(mp->resume_ctx != nullptr) + " lockedq " +

@@ -348,7 +348,9 @@ std::vector<coop_case> coop_cases() {
       {"BufferedSendRecv", [] { buffered.send(1), (void)buffered.recv(); }},
       {"TryRecvOnEmpty", [] { (void)empty.try_recv(); }},
       {"SelectWithDefault",
-       [] { urge::select(urge::on_recv(empty, [](std::optional<int>) {}), urge::on_default([] {})); }},
+       [] {
+         urge::select(urge::on_recv(empty, [](std::optional<int>) {}), urge::on_default([] {}));
+       }},
       {"SelectReadyCase",
        [] {
          buffered.send(1);

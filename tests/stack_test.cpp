@@ -188,9 +188,10 @@ TEST(StackPool, OneMillionStacks) {
   RecordProperty("guard_region", static_cast<int>(st.guard_region));
   RecordProperty("protected_page", static_cast<int>(st.protected_page));
   RecordProperty("canary", static_cast<int>(st.canary));
-  std::printf("1M stacks: %zu mappings before, %zu during (limit %zu); guards: %zu region, %zu "
-              "protected, %zu canary\n",
-              before, during, max_map_count(), st.guard_region, st.protected_page, st.canary);
+  std::printf(
+      "1M stacks: %zu mappings before, %zu during (limit %zu); guards: %zu region, %zu "
+      "protected, %zu canary\n",
+      before, during, max_map_count(), st.guard_region, st.protected_page, st.canary);
   for (auto& x : s) pool.release(x);
   EXPECT_EQ(pool.get_stats().stacks_free, pool.get_stats().stacks_total);
 }

@@ -58,8 +58,12 @@ bool same_layout(const mcontext_t& a, const mcontext_t& b) {
 
 }  // namespace
 
-std::uintptr_t context_pc(const ucontext_t* uc) { return uc->uc_mcontext.pc; }
-std::uintptr_t context_sp(const ucontext_t* uc) { return uc->uc_mcontext.sp; }
+std::uintptr_t context_pc(const ucontext_t* uc) {
+  return uc->uc_mcontext.pc;
+}
+std::uintptr_t context_sp(const ucontext_t* uc) {
+  return uc->uc_mcontext.sp;
+}
 
 std::size_t saved_context_size(const ucontext_t* uc) {
   if (!records_self_contained(uc->uc_mcontext)) return 0;

@@ -18,8 +18,8 @@ constexpr std::size_t red_zone = 128;
 // starts at offset 16: keep the static_asserts in step with it.
 struct saved_context {
   std::uint64_t magic;
-  std::uint64_t fp_bytes;         // bytes of fp that are valid
-  greg_t gregs[NGREG];            // the kernel's view of every general register
+  std::uint64_t fp_bytes;          // bytes of fp that are valid
+  greg_t gregs[NGREG];             // the kernel's view of every general register
   alignas(64) unsigned char fp[];  // the FXSAVE/XSAVE area, as the kernel wrote it
 };
 static_assert(offsetof(saved_context, gregs) == 16);

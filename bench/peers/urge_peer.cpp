@@ -49,7 +49,9 @@ struct bench_failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-[[noreturn]] void fail(const std::string& msg) { throw bench_failure(msg); }
+[[noreturn]] void fail(const std::string& msg) {
+  throw bench_failure(msg);
+}
 
 void result(const char* metric, double value, const char* unit) {
   std::printf("RESULT %s %d %s %.6g %s\n", g_case, g_procs, metric, value, unit);
@@ -61,7 +63,9 @@ double ns_since(clk::time_point t0) {
       std::chrono::duration_cast<std::chrono::nanoseconds>(clk::now() - t0).count());
 }
 
-double ns_per(double ns, int64_t n) { return ns / static_cast<double>(n); }
+double ns_per(double ns, int64_t n) {
+  return ns / static_cast<double>(n);
+}
 
 // ---------------------------------------------------------------- yield
 
@@ -238,26 +242,30 @@ void bench_buffered(int64_t n) {
   auto t0 = clk::now();
   for (int p = 0; p < producers; p++) {
     pwg.add(1);
-    urge::go([&pwg, ch, n](int64_t first) mutable {
-      for (int64_t v = first; v < n; v += producers) ch.send(v);
-      pwg.done();
-    }, int64_t{p});
+    urge::go(
+        [&pwg, ch, n](int64_t first) mutable {
+          for (int64_t v = first; v < n; v += producers) ch.send(v);
+          pwg.done();
+        },
+        int64_t{p});
   }
   for (int c = 0; c < consumers; c++) {
     cwg.add(1);
-    urge::go([&cwg, &tallies, ch](int idx) mutable {
-      uint64_t k = 0, s = 0, q = 0;
-      while (std::optional<int64_t> v = ch.recv()) {
-        auto u = static_cast<uint64_t>(*v);
-        k++;
-        s += u;
-        q += u * u;
-      }
-      tallies[idx].k = k;
-      tallies[idx].s = s;
-      tallies[idx].q = q;
-      cwg.done();
-    }, c);
+    urge::go(
+        [&cwg, &tallies, ch](int idx) mutable {
+          uint64_t k = 0, s = 0, q = 0;
+          while (std::optional<int64_t> v = ch.recv()) {
+            auto u = static_cast<uint64_t>(*v);
+            k++;
+            s += u;
+            q += u * u;
+          }
+          tallies[idx].k = k;
+          tallies[idx].s = s;
+          tallies[idx].q = q;
+          cwg.done();
+        },
+        c);
   }
   pwg.wait();
   ch.close();
@@ -297,17 +305,23 @@ void bench_select2(int64_t n) {
   int64_t s = 0, na = 0, nb = 0;
   bool closed = false;
   for (int64_t i = 0; i < n; i++) {
-    urge::select(
-        urge::on_recv(a, [&](std::optional<int64_t> v) {
-          if (!v) { closed = true; return; }
-          s += *v;
-          na++;
-        }),
-        urge::on_recv(b, [&](std::optional<int64_t> v) {
-          if (!v) { closed = true; return; }
-          s += *v;
-          nb++;
-        }));
+    urge::select(urge::on_recv(a,
+                               [&](std::optional<int64_t> v) {
+                                 if (!v) {
+                                   closed = true;
+                                   return;
+                                 }
+                                 s += *v;
+                                 na++;
+                               }),
+                 urge::on_recv(b, [&](std::optional<int64_t> v) {
+                   if (!v) {
+                     closed = true;
+                     return;
+                   }
+                   s += *v;
+                   nb++;
+                 }));
     if (closed) fail("a channel was unexpectedly closed");
   }
   double ns = ns_since(t0);
@@ -540,13 +554,19 @@ struct bench_case {
 };
 
 constexpr bench_case cases[] = {
-    {"yield", bench_yield, 2000000},       {"spawn", bench_spawn, 1000000},
-    {"skynet", bench_skynet, 1000000},     {"parked", bench_parked, 1000000},
-    {"idle", bench_idle, 5},               {"pingpong", bench_pingpong, 1000000},
-    {"buffered", bench_buffered, 4000000}, {"select2", bench_select2, 2000000},
+    {"yield", bench_yield, 2000000},
+    {"spawn", bench_spawn, 1000000},
+    {"skynet", bench_skynet, 1000000},
+    {"parked", bench_parked, 1000000},
+    {"idle", bench_idle, 5},
+    {"pingpong", bench_pingpong, 1000000},
+    {"buffered", bench_buffered, 4000000},
+    {"select2", bench_select2, 2000000},
     {"mutex", bench_mutex, 4000000},
-    {"preemptlat", bench_preemptlat, 200}, {"timerlat", bench_timerlat, 500},
-    {"echo", bench_echo, 320000},          {"idleconns", bench_idleconns, 10000},
+    {"preemptlat", bench_preemptlat, 200},
+    {"timerlat", bench_timerlat, 500},
+    {"echo", bench_echo, 320000},
+    {"idleconns", bench_idleconns, 10000},
 };
 
 [[noreturn]] void usage() {

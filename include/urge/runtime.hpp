@@ -104,11 +104,13 @@ auto run(const config& cfg, F&& main_fn) -> std::invoke_result_t<F&> {
   using R = std::invoke_result_t<F&>;
   if constexpr (std::is_void_v<R>) {
     auto call = [&]() { main_fn(); };
-    detail::run_main(cfg, [](void* p) { (*static_cast<decltype(call)*>(p))(); }, &call);
+    detail::run_main(
+        cfg, [](void* p) { (*static_cast<decltype(call)*>(p))(); }, &call);
   } else {
     std::optional<R> result;
     auto call = [&]() { result.emplace(main_fn()); };
-    detail::run_main(cfg, [](void* p) { (*static_cast<decltype(call)*>(p))(); }, &call);
+    detail::run_main(
+        cfg, [](void* p) { (*static_cast<decltype(call)*>(p))(); }, &call);
     return std::move(*result);
   }
 }
@@ -127,9 +129,9 @@ auto run(F&& main_fn) -> std::invoke_result_t<F&> {
 template <class F, class... A>
 __attribute__((noinline)) void go(F&& f, A&&... args) {
   using closure = std::tuple<std::decay_t<F>, std::decay_t<A>...>;
-  detail::spawn_slot slot = detail::newproc_begin(sizeof(closure), alignof(closure),
-                                                  &detail::run_closure<closure>,
-                                                  __builtin_return_address(0));
+  detail::spawn_slot slot =
+      detail::newproc_begin(sizeof(closure), alignof(closure), &detail::run_closure<closure>,
+                            __builtin_return_address(0));
   try {
     ::new (slot.closure) closure(std::forward<F>(f), std::forward<A>(args)...);
   } catch (...) {
@@ -173,14 +175,14 @@ auto blocking(F&& f) -> std::invoke_result_t<F&> {
 // Scheduler counters, for tests and tools.
 struct sched_stats {
   std::uint64_t goroutines_created = 0;
-  std::uint64_t steals = 0;           // successful work steals
-  std::uint64_t handoffs = 0;         // Ps handed off from blocking calls by sysmon
-  std::uint64_t preempt_requests = 0; // preemption requests made by sysmon
+  std::uint64_t steals = 0;            // successful work steals
+  std::uint64_t handoffs = 0;          // Ps handed off from blocking calls by sysmon
+  std::uint64_t preempt_requests = 0;  // preemption requests made by sysmon
   // Asynchronous preemption, process-wide totals:
-  std::uint64_t preempt_signals = 0;   // SIGURGs sent
-  std::uint64_t preempts_taken = 0;    // goroutines stopped at an arbitrary instruction
-  std::uint64_t preempts_deferred = 0; // requests that found an unsafe point and waited
-  std::uint64_t threads = 0;          // Ms created (sysmon excluded)
+  std::uint64_t preempt_signals = 0;    // SIGURGs sent
+  std::uint64_t preempts_taken = 0;     // goroutines stopped at an arbitrary instruction
+  std::uint64_t preempts_deferred = 0;  // requests that found an unsafe point and waited
+  std::uint64_t threads = 0;            // Ms created (sysmon excluded)
 };
 sched_stats stats();
 

@@ -5,9 +5,9 @@
 // synchronisation. See each header for its API.
 #pragma once
 
-#include "urge/debug.hpp"
 #include "urge/chan.hpp"
 #include "urge/context.hpp"
+#include "urge/debug.hpp"
 #include "urge/errors.hpp"
 #include "urge/runtime.hpp"
 #include "urge/select.hpp"
