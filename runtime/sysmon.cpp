@@ -8,8 +8,9 @@
 //  - every schedtrace interval it prints Go's SCHED line.
 // It sleeps 20 us between looks, doubling after 1 ms without anything to do,
 // up to 10 ms (1 ms while goroutines run, and never past the moment a running
-// goroutine's quantum runs out); when every P is idle it sleeps until a P wakes up (pidleget and
-// enter_blocking_call wake it), so an idle runtime costs no CPU.
+// goroutine's quantum runs out); when every P is idle it sleeps until a P
+// wakes up (pidleget and enter_blocking_call wake it), so an idle runtime
+// costs no CPU.
 #include <sys/prctl.h>
 
 #include <cinttypes>
