@@ -953,6 +953,12 @@ static void gosched_global(g* gp) {
 }
 
 void check_preempt() {
+  // Not inside the scheduler or any runtime critical section: the runtime
+  // calls code that has preemption points (a channel send, go()) from timer
+  // callbacks and the netpoller, which may run in the middle of a switch,
+  // while the goroutine being left is still current; yielding it there would
+  // switch inside a switch.
+  if (preempt_off != 0) return;
   g* gp = getg();
   if (gp && gp->preempt.load(std::memory_order_relaxed)) {
     gp->preempt.store(false, std::memory_order_relaxed);

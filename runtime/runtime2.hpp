@@ -321,6 +321,8 @@ void goready(g* gp, bool next = true);
 void goready_mark(g* gp);
 
 // Cooperative preemption point: yields if sysmon asked this goroutine to.
+// Does nothing while preempt_off is raised (in the scheduler, in a timer
+// callback, under a runtime lock).
 void check_preempt();
 
 // Timers on the current P's heap (P 0's when called without a P).

@@ -68,6 +68,13 @@ void after_fire(runtime::timer*, void* arg, std::int64_t) {
   delete s;
 }
 
+// Still pending when run() ended: nobody will receive the time.
+void after_discard(runtime::timer*, void* arg, std::int64_t) {
+  auto* s = static_cast<after_state*>(arg);
+  detail::chan_release(s->c);
+  delete s;
+}
+
 }  // namespace
 
 chan<time_point> after(std::chrono::nanoseconds d) {
@@ -78,6 +85,7 @@ chan<time_point> after(std::chrono::nanoseconds d) {
   detail::chan_retain(s->c);
   s->t.when = when_after(d);
   s->t.f = after_fire;
+  s->t.discard = after_discard;
   s->t.arg = s;
   runtime::add_timer(&s->t);
   runtime::check_preempt();  // timer operations are preemption points (see chansend)
@@ -197,6 +205,11 @@ void timer_fire(runtime::timer*, void* arg, std::int64_t) {
   release(s);
 }
 
+// Still pending when run() ended: the pending timer's reference goes.
+void timer_discard(runtime::timer*, void* arg, std::int64_t) {
+  release(static_cast<detail::timer_state*>(arg));
+}
+
 }  // namespace
 
 timer::timer(std::chrono::nanoseconds d) : timer(d, nullptr) {}
@@ -211,6 +224,7 @@ timer::timer(std::chrono::nanoseconds d, std::function<void()> f)
   s_->refs.store(2, std::memory_order_relaxed);  // the handle and the pending timer
   s_->t.when = when_after(d);
   s_->t.f = timer_fire;
+  s_->t.discard = timer_discard;
   s_->t.arg = s_;
   runtime::add_timer(&s_->t);
 }

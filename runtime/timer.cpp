@@ -62,6 +62,18 @@ void timer_heap::remove_at(std::size_t i) {
   t->heap.store(nullptr, std::memory_order_release);
 }
 
+timer_heap::~timer_heap() {
+  std::vector<timer*> pending;
+  pending.swap(heap_);
+  for (timer* t : pending) {
+    t->heap.store(nullptr, std::memory_order_relaxed);
+    t->index = -1;
+  }
+  for (timer* t : pending) {
+    if (t->discard) t->discard(t, t->arg, 0);  // may free t
+  }
+}
+
 bool timer_heap::add(timer* t) {
   std::lock_guard lock(mu_);
   t->cancelled.store(false, std::memory_order_relaxed);

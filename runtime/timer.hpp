@@ -15,6 +15,11 @@
 //  - Callbacks run on an M with a P, on whatever stack the scheduler is on,
 //    and must not block or switch goroutines; readying a goroutine or a
 //    non-blocking channel send is what they are for.
+//  - When run() ends, the heaps go with their Ps: each timer still pending is
+//    unlinked (a later del() finds it in no heap and returns false) and its
+//    `discard` is called, so that state only the pending timer held (after()'s
+//    channel reference, a timer handle's second reference) is freed, not
+//    leaked.
 #pragma once
 
 #include <atomic>
@@ -34,6 +39,9 @@ struct timer {
   std::int64_t period = 0;  // > 0: periodic
   timer_fn f = nullptr;
   void* arg = nullptr;
+  // Called instead of f, with `now` 0, if the timer is still pending when its
+  // heap is destroyed (run() ended); may free the timer. Optional.
+  timer_fn discard = nullptr;
   // The heap holding this timer, or nullptr. Written under that heap's lock.
   std::atomic<timer_heap*> heap{nullptr};
   std::int32_t index = -1;             // position in heap; heap's lock
@@ -43,6 +51,13 @@ struct timer {
 
 class timer_heap {
  public:
+  timer_heap() = default;
+  timer_heap(const timer_heap&) = delete;
+  timer_heap& operator=(const timer_heap&) = delete;
+  // Unlinks every pending timer and calls its discard (see the contract).
+  // Single-threaded: run() has joined every thread.
+  ~timer_heap();
+
   // Adds t (not in any heap) firing at t->when. Returns true if it became the
   // earliest timer of this heap (the caller may need to wake a sleeping M).
   bool add(timer* t);

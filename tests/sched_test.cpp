@@ -404,6 +404,38 @@ TEST_P(CooperativePreemption, LoopOfNonParkingOperationsGivesThePUp) {
   EXPECT_TRUE(ran_in_time) << c.name << ": the loop never gave its P up";
 }
 
+// Timer callbacks run inside the scheduler, here in the middle of a switch
+// while the goroutine being left is still current. after()'s callback sends
+// on a channel, and a send is a cooperative preemption point: it must not act
+// on the preemption request of the goroutine being left (that would switch it
+// away inside its own switch; seen as a lost channel reference under ASan).
+TEST(Sched, TimerCallbackDuringASwitchIgnoresTheLeavingGoroutinesRequest) {
+  urge::config cfg = procs(1);
+  cfg.async_preempt = false;
+  for (int round = 0; round < 50; ++round) {
+    urge::run(cfg, [] {
+      urge::chan<std::chrono::steady_clock::time_point> fired;
+      urge::runtime::g* x = nullptr;
+      urge::wait_group wg;
+      wg.add(1);
+      urge::go([&] {
+        x = urge::runtime::getg();
+        fired = urge::after(std::chrono::nanoseconds(0));  // due at once
+        wg.done();
+        x->preempt.store(true);  // as if sysmon asked
+        // Parks for good without an unlock step, so the switch runs the due
+        // timer before it picks main.
+        urge::chan<int>::nil().recv();
+      });
+      wg.wait();
+      EXPECT_TRUE(fired.recv().has_value());
+      // The callback's send left the request alone (acting on it clears it).
+      EXPECT_TRUE(x->preempt.load());
+      EXPECT_EQ(x->status.load(), urge::runtime::gstatus::waiting);
+    });
+  }
+}
+
 // A goroutine starts with its creator's floating-point control state (as a
 // thread does), even though its stack and context are made only when it
 // first runs, here while main runs with another rounding mode.
