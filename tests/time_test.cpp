@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "procs_fixture.hpp"
+#include "runtime/chan.hpp"
 #include "runtime/runtime2.hpp"
 
 namespace {
@@ -100,6 +101,18 @@ TEST_P(Time, TimerDueWhileItsReceiverParks) {
       urge::select(urge::on_recv(never), urge::on_recv(urge::after(1us)));
     }
   });
+}
+
+// Timers still pending when run() returns are discarded with their heaps:
+// what only they held is released. after()'s channel reference, here: the
+// handle kept beyond run() must end as the channel's only reference.
+TEST(TimeShutdown, PendingTimersReleaseWhatTheyHoldWhenRunEnds) {
+  urge::chan<time_point> kept;
+  urge::run([&] {
+    kept = urge::after(std::chrono::hours(1));
+    urge::timer t(std::chrono::hours(1));  // its handle dies here, the timer stays pending
+  });
+  EXPECT_EQ(urge::detail::chan_access::get(kept)->refs.load(), 1u);
 }
 
 TEST_P(Time, SelectWithTimeout) {
