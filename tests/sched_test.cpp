@@ -412,6 +412,7 @@ TEST_P(CooperativePreemption, LoopOfNonParkingOperationsGivesThePUp) {
 TEST(Sched, TimerCallbackDuringASwitchIgnoresTheLeavingGoroutinesRequest) {
   urge::config cfg = procs(1);
   cfg.async_preempt = false;
+  cfg.quantum = std::chrono::seconds(60);  // the only request is the test's (TSan is slow)
   for (int round = 0; round < 50; ++round) {
     urge::run(cfg, [] {
       urge::chan<std::chrono::steady_clock::time_point> fired;
@@ -420,9 +421,12 @@ TEST(Sched, TimerCallbackDuringASwitchIgnoresTheLeavingGoroutinesRequest) {
       wg.add(1);
       urge::go([&] {
         x = urge::runtime::getg();
+        wg.done();  // main runs only once this goroutine parks (one P)
+        // Made after wg.done: a due timer on a P whose goroutine has run for
+        // a millisecond (slow under TSan) gets that goroutine preempted at its
+        // next preemption point, and wg.done is one.
         fired = urge::after(std::chrono::nanoseconds(0));  // due at once
-        wg.done();
-        x->preempt.store(true);  // as if sysmon asked
+        x->preempt.store(true);                            // as if sysmon asked
         // Parks for good without an unlock step, so the switch runs the due
         // timer before it picks main.
         urge::chan<int>::nil().recv();
