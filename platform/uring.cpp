@@ -1,6 +1,9 @@
 // io_uring; see platform/uring.hpp.
 #include "platform/uring.hpp"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -67,6 +70,36 @@ bool uring_has_multishot_accept() {
   if (!probe) return false;
   bool ok = io_uring_opcode_supported(probe, IORING_OP_SOCKET);
   io_uring_free_probe(probe);
+  return ok;
+}
+
+bool uring_has_recv_poll_first() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return false;
+  io_uring ring{};
+  if (io_uring_queue_init(2, &ring, 0) < 0) {
+    ::close(sv[0]);
+    ::close(sv[1]);
+    return false;
+  }
+  bool ok = false;
+  char byte = 'x', got = 0;
+  if (::write(sv[1], &byte, 1) == 1) {
+    // Data is there already: with the flag understood, the poll it arms
+    // fires at once and the recv returns the byte; without, EINVAL.
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_recv(sqe, sv[0], &got, 1, 0);
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    io_uring_cqe* cqe = nullptr;
+    __kernel_timespec ts{1, 0};
+    if (io_uring_submit(&ring) == 1 && io_uring_wait_cqe_timeout(&ring, &cqe, &ts) == 0 && cqe) {
+      ok = cqe->res == 1 && got == 'x';
+      io_uring_cqe_seen(&ring, cqe);
+    }
+  }
+  io_uring_queue_exit(&ring);
+  ::close(sv[0]);
+  ::close(sv[1]);
   return ok;
 }
 

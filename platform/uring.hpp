@@ -24,6 +24,11 @@ bool uring_probe(std::string& why);
 // True if the kernel supports multishot accept (IORING_ACCEPT_MULTISHOT).
 bool uring_has_multishot_accept();
 
+// True if a recv may ask to wait for data before its first attempt
+// (IORING_RECVSEND_POLL_FIRST, Linux 5.19): tried on a socket pair, since an
+// older kernel rejects the flag with EINVAL and the probe has no bit for it.
+bool uring_has_recv_poll_first();
+
 class uring {
  public:
   // entries: submission queue size; cq_entries: completion queue size.
