@@ -104,10 +104,30 @@ bool uring_has_recv_poll_first() {
 }
 
 uring::uring(unsigned entries, unsigned cq_entries) {
+  // See "Task work" in uring.hpp. Kernels before 5.19 refuse the flags
+  // (EINVAL): the ring is then set up without them.
   io_uring_params p{};
+  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+  p.cq_entries = cq_entries;
+  if (io_uring_queue_init_params(entries, &ring_, &p) == 0) {
+    ok_ = coop_ = true;
+    return;
+  }
+  ring_ = io_uring{};
+  p = io_uring_params{};
   p.flags = IORING_SETUP_CQSIZE;
   p.cq_entries = cq_entries;
   ok_ = io_uring_queue_init_params(entries, &ring_, &p) == 0;
+}
+
+unsigned uring::peek_batch(io_uring_cqe** cqes, unsigned n) {
+  // As io_uring_peek_batch_cqe, without its io_uring_enter when the ring
+  // says task work is pending: that work is usually another thread's.
+  const unsigned head = *ring_.cq.khead;
+  unsigned ready = io_uring_smp_load_acquire(ring_.cq.ktail) - head;
+  if (ready > n) ready = n;
+  for (unsigned i = 0; i < ready; ++i) cqes[i] = &ring_.cq.cqes[(head + i) & ring_.cq.ring_mask];
+  return ready;
 }
 
 uring::~uring() {

@@ -7,6 +7,25 @@
 // io_uring requires (serialised access per side), without
 // IORING_SETUP_SINGLE_ISSUER, whose "one task" rule a P that moves between
 // threads could not keep.
+//
+// Task work. A request that has to wait (a recv with no data yet) completes
+// in "task work" that the kernel runs in the thread that submitted it, on
+// that thread's next way out of the kernel. By default the kernel forces
+// that way out: it wakes the thread if it sleeps and interrupts it with an
+// IPI if it runs. In an echo that IPI came with 9% of completions, and in a
+// virtual machine each one is a pair of exits to the hypervisor. The rings
+// are set up with IORING_SETUP_COOP_TASKRUN (Linux 5.19) where the kernel
+// has it: no IPI. A sleeping thread is still woken (futex, ppoll and
+// io_uring_enter waits are interruptible, and the call restarts), and a
+// running one runs the work at its next system call or interrupt: a busy M
+// enters the kernel at every flush of its ring, and one that runs a CPU hog
+// at its next timer tick (4 ms at HZ=250) or preemption signal, whichever
+// comes first. That tick is the cost: a completion that another P's idle M
+// could have run at once may wait for it, when the M that submitted the
+// request went on to run code without system calls. IORING_SETUP_TASKRUN_FLAG
+// makes the kernel say when work is pending (IORING_SQ_TASKRUN); peek_batch
+// ignores it, unlike liburing's, which would enter the kernel to run work that
+// belongs to another thread.
 #pragma once
 
 #include <liburing.h>
@@ -38,6 +57,8 @@ class uring {
   uring& operator=(const uring&) = delete;
 
   bool ok() const { return ok_; }
+  // Set up with IORING_SETUP_COOP_TASKRUN (see "Task work").
+  bool coop() const { return coop_; }
   io_uring* raw() { return &ring_; }
   int fd() const { return ring_.ring_fd; }
 
@@ -49,9 +70,7 @@ class uring {
   int submit();
   // Completions waiting, read from shared memory without a system call.
   unsigned ready() const { return io_uring_cq_ready(&ring_); }
-  unsigned peek_batch(io_uring_cqe** cqes, unsigned n) {
-    return io_uring_peek_batch_cqe(&ring_, cqes, n);
-  }
+  unsigned peek_batch(io_uring_cqe** cqes, unsigned n);
   void advance(unsigned n) { io_uring_cq_advance(&ring_, n); }
   // Completions are signalled on this eventfd as well.
   bool register_eventfd(int efd) { return io_uring_register_eventfd(&ring_, efd) == 0; }
@@ -59,6 +78,7 @@ class uring {
  private:
   io_uring ring_{};
   bool ok_ = false;
+  bool coop_ = false;
 };
 
 }  // namespace urge::platform
