@@ -12,20 +12,26 @@
 // in "task work" that the kernel runs in the thread that submitted it, on
 // that thread's next way out of the kernel. By default the kernel forces
 // that way out: it wakes the thread if it sleeps and interrupts it with an
-// IPI if it runs. In an echo that IPI came with 9% of completions, and in a
-// virtual machine each one is a pair of exits to the hypervisor. The rings
+// IPI if it runs. In the echo benchmark that was one IPI per ten round
+// trips (6% of the completions that waited), and in a virtual machine each
+// one is a pair of exits to the hypervisor. The rings
 // are set up with IORING_SETUP_COOP_TASKRUN (Linux 5.19) where the kernel
 // has it: no IPI. A sleeping thread is still woken (futex, ppoll and
 // io_uring_enter waits are interruptible, and the call restarts), and a
 // running one runs the work at its next system call or interrupt: a busy M
 // enters the kernel at every flush of its ring, and one that runs a CPU hog
 // at its next timer tick (4 ms at HZ=250) or preemption signal, whichever
-// comes first. That tick is the cost: a completion that another P's idle M
-// could have run at once may wait for it, when the M that submitted the
-// request went on to run code without system calls. IORING_SETUP_TASKRUN_FLAG
-// makes the kernel say when work is pending (IORING_SQ_TASKRUN); peek_batch
-// ignores it, unlike liburing's, which would enter the kernel to run work that
-// belongs to another thread.
+// comes first. That wait is the cost: a completion that another P's idle M
+// could have run at once would wait for it when the M that submitted the
+// request went on to run code without system calls (measured: p90 of such
+// wake-ups 0.1 ms -> 1-3 ms). IORING_SETUP_TASKRUN_FLAG makes the kernel say
+// when work is pending (IORING_SQ_TASKRUN), and sysmon, finding it pending
+// for 200 us with no completion posted meanwhile, sends the Ms running
+// goroutines a signal that only makes them pass through the kernel
+// (netpoll_sysmon, preempt_kick): such a wake-up then waits about 0.2 ms
+// plus a sysmon look, not a tick. peek_batch ignores the flag, unlike
+// liburing's, which would enter the kernel to run work that is usually
+// another thread's.
 #pragma once
 
 #include <liburing.h>
@@ -71,6 +77,12 @@ class uring {
   // Completions waiting, read from shared memory without a system call.
   unsigned ready() const { return io_uring_cq_ready(&ring_); }
   unsigned peek_batch(io_uring_cqe** cqes, unsigned n);
+  // IORING_SQ_TASKRUN: some thread has task work pending for this ring.
+  bool taskrun_pending() const {
+    return (IO_URING_READ_ONCE(*ring_.sq.kflags) & IORING_SQ_TASKRUN) != 0;
+  }
+  // Completions posted so far (the kernel's tail, wrapping).
+  unsigned cq_tail() const { return io_uring_smp_load_acquire(ring_.cq.ktail); }
   void advance(unsigned n) { io_uring_cq_advance(&ring_, n); }
   // Completions are signalled on this eventfd as well.
   bool register_eventfd(int efd) { return io_uring_register_eventfd(&ring_, efd) == 0; }

@@ -17,6 +17,7 @@
 #include "platform/clock.hpp"
 #include "platform/epoll.hpp"
 #include "platform/uring.hpp"
+#include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
 #include "urge/sync.hpp"
@@ -71,6 +72,11 @@ struct ring_state {
   std::atomic<int> inflight{0};     // requests in the kernel
   uring_op* backlog_head = nullptr;  // sq_mu
   uring_op* backlog_tail = nullptr;
+  // netpoll_sysmon's state (sysmon's alone): since when task work has been
+  // pending with the completion tail at seen_tail (0: it is not).
+  std::int64_t pending_since = 0;
+  unsigned seen_tail = 0;
+  bool kicked = false;
 };
 
 netpoll_backend g_kind = netpoll_backend::none;
@@ -801,6 +807,46 @@ int netpoll_block(std::int64_t timeout_ns, glist& out) {
   }
   if (timeout_ns > 0) platform::usleep_thread(timeout_ns / 1000);
   return 0;
+}
+
+// How long task work may stay pending, with nothing completing on the ring,
+// before sysmon interrupts: an M running goroutines between two flushes
+// holds its work that long in normal operation (an echo's M enters the
+// kernel every 30-60 us), and each interruption costs a signal. Well under
+// the 4 ms tick that bounds the wait otherwise.
+constexpr std::int64_t task_work_stuck_ns = 200'000;
+
+void netpoll_sysmon(std::int64_t now) {
+  if (g_kind != netpoll_backend::uring || !netpoll_has_waiters()) return;
+  bool stuck = false;
+  for (auto& r : g_rings) {
+    if (!r->ring.coop()) return;  // the kernel interrupts the thread itself
+    const unsigned tail = r->ring.cq_tail();
+    if (!r->ring.taskrun_pending()) {
+      r->pending_since = 0;
+    } else if (r->pending_since == 0 || tail != r->seen_tail) {
+      r->pending_since = now;  // a new episode
+      r->kicked = false;
+    } else if (!r->kicked && now - r->pending_since >= task_work_stuck_ns) {
+      r->kicked = true;  // once: if that was not enough, the tick will do
+      stuck = true;
+    }
+    r->seen_tail = tail;
+  }
+  if (!stuck) return;
+  // Whose work it is nobody knows: each request's submitter, and a P's ring
+  // is submitted to by whichever M holds the P at the time, while the work
+  // waits on an M that has since moved to another P (seen: the M that
+  // submitted to the ring last was asleep, the work held by the M running a
+  // hog on another P). An M that sleeps has been woken for it, one in a
+  // system call runs it on the way out: so every M running a goroutine.
+  for (p* pp : sched->allp) {
+    if (pp->status.load(std::memory_order_acquire) != pstatus::running) continue;
+    m* mp = pp->curm.load(std::memory_order_relaxed);
+    g* gp = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
+    // As preempt_request: never a goroutine in a blocking call.
+    if (gp && gp->status.load(std::memory_order_relaxed) == gstatus::running) preempt_kick(mp);
+  }
 }
 
 void netpoll_break() {

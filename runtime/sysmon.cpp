@@ -176,6 +176,8 @@ void sysmon_main() {
       netpoll_poll_now(nullptr);
       last_poll = now;
     }
+    // io_uring task work held by an M that runs without entering the kernel.
+    netpoll_sysmon(now);
     next_deadline = INT64_MAX;
     if (retake(now, &next_deadline) != 0) {
       idle = 0;
