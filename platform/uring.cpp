@@ -1,6 +1,9 @@
 // io_uring; see platform/uring.hpp.
 #include "platform/uring.hpp"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -70,11 +73,61 @@ bool uring_has_multishot_accept() {
   return ok;
 }
 
+bool uring_has_recv_poll_first() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return false;
+  io_uring ring{};
+  if (io_uring_queue_init(2, &ring, 0) < 0) {
+    ::close(sv[0]);
+    ::close(sv[1]);
+    return false;
+  }
+  bool ok = false;
+  char byte = 'x', got = 0;
+  if (::write(sv[1], &byte, 1) == 1) {
+    // Data is there already: with the flag understood, the poll it arms
+    // fires at once and the recv returns the byte; without, EINVAL.
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_recv(sqe, sv[0], &got, 1, 0);
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    io_uring_cqe* cqe = nullptr;
+    __kernel_timespec ts{1, 0};
+    if (io_uring_submit(&ring) == 1 && io_uring_wait_cqe_timeout(&ring, &cqe, &ts) == 0 && cqe) {
+      ok = cqe->res == 1 && got == 'x';
+      io_uring_cqe_seen(&ring, cqe);
+    }
+  }
+  io_uring_queue_exit(&ring);
+  ::close(sv[0]);
+  ::close(sv[1]);
+  return ok;
+}
+
 uring::uring(unsigned entries, unsigned cq_entries) {
+  // See "Task work" in uring.hpp. Kernels before 5.19 refuse the flags
+  // (EINVAL): the ring is then set up without them.
   io_uring_params p{};
+  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+  p.cq_entries = cq_entries;
+  if (io_uring_queue_init_params(entries, &ring_, &p) == 0) {
+    ok_ = coop_ = true;
+    return;
+  }
+  ring_ = io_uring{};
+  p = io_uring_params{};
   p.flags = IORING_SETUP_CQSIZE;
   p.cq_entries = cq_entries;
   ok_ = io_uring_queue_init_params(entries, &ring_, &p) == 0;
+}
+
+unsigned uring::peek_batch(io_uring_cqe** cqes, unsigned n) {
+  // As io_uring_peek_batch_cqe, without its io_uring_enter when the ring
+  // says task work is pending: that work is usually another thread's.
+  const unsigned head = *ring_.cq.khead;
+  unsigned ready = io_uring_smp_load_acquire(ring_.cq.ktail) - head;
+  if (ready > n) ready = n;
+  for (unsigned i = 0; i < ready; ++i) cqes[i] = &ring_.cq.cqes[(head + i) & ring_.cq.ring_mask];
+  return ready;
 }
 
 uring::~uring() {

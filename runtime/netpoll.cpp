@@ -17,6 +17,7 @@
 #include "platform/clock.hpp"
 #include "platform/epoll.hpp"
 #include "platform/uring.hpp"
+#include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
 #include "urge/sync.hpp"
@@ -45,6 +46,7 @@ struct uring_op {
   g* gp = nullptr;
   poll_desc* pd = nullptr;
   op_kind kind = op_kind::read;
+  bool poll_first = false;     // a recv: wait for data before the first attempt
   void* buf = nullptr;
   std::size_t n = 0;
   sockaddr* addr = nullptr;
@@ -55,6 +57,7 @@ struct uring_op {
   bool queued = false;         // in the backlog, not yet in the kernel; sq_mu
   uring_op* next = nullptr;    // backlog link; sq_mu
   std::int32_t res = 0;        // the completion's result
+  std::uint32_t cflags = 0;    // and its flags
 };
 
 // user_data of a multishot accept: the poll_desc with the low bit set
@@ -69,10 +72,16 @@ struct ring_state {
   std::atomic<int> inflight{0};     // requests in the kernel
   uring_op* backlog_head = nullptr;  // sq_mu
   uring_op* backlog_tail = nullptr;
+  // netpoll_sysmon's state (sysmon's alone): since when task work has been
+  // pending with the completion tail at seen_tail (0: it is not).
+  std::int64_t pending_since = 0;
+  unsigned seen_tail = 0;
+  bool kicked = false;
 };
 
 netpoll_backend g_kind = netpoll_backend::none;
 bool g_multishot_accept = false;
+bool g_recv_poll_first = false;  // IORING_RECVSEND_POLL_FIRST understood
 std::atomic<int> g_ms_armed{0};  // multishot accepts still in the kernel
 std::vector<std::unique_ptr<ring_state>> g_rings;  // by P id
 int g_efd = -1;                                    // io_uring completions and breaks
@@ -117,6 +126,7 @@ struct poll_desc {
   g* close_waiter = nullptr;       // the goroutine in pd_close waiting for the fd to close; mu
   bool rready = false;             // epoll: readable since the last EAGAIN; mu
   bool wready = false;             // mu
+  bool rdrained = false;           // io_uring: the last recv left nothing behind; mu
   g* rg = nullptr;                 // epoll: the goroutine waiting to read; mu
   g* wg = nullptr;                 // mu
   uring_op* rop = nullptr;         // io_uring: the read-side request in flight; mu
@@ -247,6 +257,7 @@ void queue_op_locked(ring_state* r, uring_op* op) {
   switch (op->kind) {
     case op_kind::read:
       io_uring_prep_recv(sqe, op->pd->fd, op->buf, op->n, 0);
+      if (op->poll_first) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
       break;
     case op_kind::write:
       io_uring_prep_send(sqe, op->pd->fd, op->buf, op->n, MSG_NOSIGNAL);
@@ -312,6 +323,7 @@ int reap(ring_state* r, bool wait = false, glist* out = nullptr) {
       auto* op = reinterpret_cast<uring_op*>(data);
       if (!op) continue;  // a cancellation's own completion
       op->res = cqes[i]->res;
+      op->cflags = cqes[i]->flags;
       g* gp = op->gp;  // op lives on gp's stack: read everything first
       r->inflight.fetch_sub(1, std::memory_order_relaxed);
       ready(gp, out);
@@ -393,6 +405,21 @@ bool side_unusable(poll_desc* pd, bool read_side, std::error_code& ec, bool lock
   }
   return false;
 }
+
+// Reading first or waiting first
+// ------------------------------
+// The kernel tries a recv as soon as it is submitted and arms a poll only
+// when that finds nothing. In request/response traffic (an echo, RPC) the
+// read that follows a write almost never finds its answer there yet, and the
+// failed attempt costs a socket lock and tcp_recvmsg for nothing (3% of an
+// echo round trip's CPU). A recv completion says whether the socket still
+// held data afterwards (IORING_CQE_F_SOCK_NONEMPTY); when it did not, the
+// next recv on the descriptor waits for data before its first attempt
+// (IORING_RECVSEND_POLL_FIRST). A reader that keeps finding data (a bulk
+// transfer) keeps reading at once. When the guess is wrong the poll fires as
+// soon as it is armed and the recv runs from task work: the same completion,
+// a little later. Sockets whose recv does not report the flag (it depends on
+// the protocol) are always treated as drained.
 
 // Runs one request through io_uring; pd->mu held on entry and exit.
 // Returns the kernel's result; sets ec when it failed (closed, timed out, or
@@ -649,6 +676,7 @@ void netpoll_init(const std::string& setting) {
   if (uring_ok) {
     g_kind = netpoll_backend::uring;
     g_multishot_accept = platform::uring_has_multishot_accept();
+    g_recv_poll_first = platform::uring_has_recv_poll_first();
   } else {
     g_epoll = std::make_unique<platform::epoll_poller>();
     if (!g_epoll->ok()) throw std::runtime_error("urge: cannot create the epoll poller");
@@ -779,6 +807,46 @@ int netpoll_block(std::int64_t timeout_ns, glist& out) {
   }
   if (timeout_ns > 0) platform::usleep_thread(timeout_ns / 1000);
   return 0;
+}
+
+// How long task work may stay pending, with nothing completing on the ring,
+// before sysmon interrupts: an M running goroutines between two flushes
+// holds its work that long in normal operation (an echo's M enters the
+// kernel every 30-60 us), and each interruption costs a signal. Well under
+// the 4 ms tick that bounds the wait otherwise.
+constexpr std::int64_t task_work_stuck_ns = 200'000;
+
+void netpoll_sysmon(std::int64_t now) {
+  if (g_kind != netpoll_backend::uring || !netpoll_has_waiters()) return;
+  bool stuck = false;
+  for (auto& r : g_rings) {
+    if (!r->ring.coop()) return;  // the kernel interrupts the thread itself
+    const unsigned tail = r->ring.cq_tail();
+    if (!r->ring.taskrun_pending()) {
+      r->pending_since = 0;
+    } else if (r->pending_since == 0 || tail != r->seen_tail) {
+      r->pending_since = now;  // a new episode
+      r->kicked = false;
+    } else if (!r->kicked && now - r->pending_since >= task_work_stuck_ns) {
+      r->kicked = true;  // once: if that was not enough, the tick will do
+      stuck = true;
+    }
+    r->seen_tail = tail;
+  }
+  if (!stuck) return;
+  // Whose work it is nobody knows: each request's submitter, and a P's ring
+  // is submitted to by whichever M holds the P at the time, while the work
+  // waits on an M that has since moved to another P (seen: the M that
+  // submitted to the ring last was asleep, the work held by the M running a
+  // hog on another P). An M that sleeps has been woken for it, one in a
+  // system call runs it on the way out: so every M running a goroutine.
+  for (p* pp : sched->allp) {
+    if (pp->status.load(std::memory_order_acquire) != pstatus::running) continue;
+    m* mp = pp->curm.load(std::memory_order_relaxed);
+    g* gp = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
+    // As preempt_request: never a goroutine in a blocking call.
+    if (gp && gp->status.load(std::memory_order_relaxed) == gstatus::running) preempt_kick(mp);
+  }
 }
 
 void netpoll_break() {
@@ -955,7 +1023,10 @@ std::size_t pd_read(poll_desc* pd, void* buf, std::size_t n, std::error_code& ec
       op.kind = op_kind::read;
       op.buf = buf;
       op.n = n;
+      op.poll_first = pd->rdrained;
       std::int32_t res = uring_run(pd, op, true, ec);
+      // See "Reading first or waiting first".
+      pd->rdrained = g_recv_poll_first && res > 0 && !(op.cflags & IORING_CQE_F_SOCK_NONEMPTY);
       if (ec) return 0;
       return static_cast<std::size_t>(res);
     }

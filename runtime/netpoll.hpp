@@ -18,6 +18,10 @@
 // `max_inflight` requests per ring are in the kernel; beyond that requests
 // wait in a backlog, submitted as completions come back (back-pressure
 // instead of failure, and the completion ring can never overflow).
+// A request that waits completes in kernel task work of the thread that
+// submitted it; the rings ask the kernel not to interrupt a running thread
+// for it, and sysmon interrupts the Ms running goroutines when such work
+// stays pending with nothing completing ("Task work" in platform/uring.hpp).
 //
 // Deadlines are runtime timers on the descriptor. When one passes with a
 // request in flight, or the descriptor is closed, the request is cancelled
@@ -87,6 +91,11 @@ struct glist {
 // globally and waking another thread to run them while it goes to sleep.
 int netpoll_block(std::int64_t timeout_ns, glist& out);
 void netpoll_break();
+// sysmon, at every look: where a ring's task work has been pending for a
+// while with no completion posted meanwhile, the thread that holds it runs
+// code without entering the kernel; makes the Ms running goroutines pass
+// through it (once per such episode). See "Task work" in platform/uring.hpp.
+void netpoll_sysmon(std::int64_t now);
 
 // ---- Descriptors (net.cpp) ------------------------------------------------
 struct poll_desc;

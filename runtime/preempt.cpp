@@ -205,6 +205,13 @@ void preempt_request(m* mp, g* gp) {
   syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);
 }
 
+void preempt_kick(m* mp) {
+  if (mp->tid == 0) return;
+  if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return;  // one in flight
+  // Not counted in preempt_signals: it asks nothing of the goroutine.
+  syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);
+}
+
 void preempt_deferred_now(std::uintptr_t caller_pc) {
   preempt_deferred = false;
   g* gp = getg();

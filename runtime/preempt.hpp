@@ -62,6 +62,12 @@ void preempt_init();
 // preemption is on, by signal (at most one in flight per M).
 void preempt_request(m* mp, g* gp);
 
+// sysmon: makes mp's thread enter the kernel and come back, without asking
+// its goroutine to stop (the SIGURG handler finds no request and returns):
+// task work the kernel holds for that thread runs on the way (see "Task
+// work" in platform/uring.hpp). Shares preempt_request's one signal in flight.
+void preempt_kick(m* mp);
+
 // True if pc is in code where a goroutine may be stopped (see above).
 bool pc_is_preemptible(std::uintptr_t pc);
 

@@ -190,6 +190,8 @@ void sysmon_main() {
       netpoll_poll_now(nullptr);
       last_poll = now;
     }
+    // io_uring task work held by an M that runs without entering the kernel.
+    netpoll_sysmon(now);
     next_deadline = INT64_MAX;
     const int retaken = retake(now, std::max(last_look, now - cap * 1000), &next_deadline);
     last_look = now;
