@@ -206,7 +206,9 @@ void preempt_request(m* mp, g* gp) {
 }
 
 void preempt_kick(m* mp) {
-  if (mp->tid == 0) return;
+  // asyncpreemptoff promises no preemption signals at all: then the task
+  // work waits for the thread's next kernel entry (its timer tick at worst).
+  if (!sched->async_preempt || mp->tid == 0) return;
   if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return;  // one in flight
   // Not counted in preempt_signals: it asks nothing of the goroutine.
   syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);

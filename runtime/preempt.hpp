@@ -65,7 +65,8 @@ void preempt_request(m* mp, g* gp);
 // sysmon: makes mp's thread enter the kernel and come back, without asking
 // its goroutine to stop (the SIGURG handler finds no request and returns):
 // task work the kernel holds for that thread runs on the way (see "Task
-// work" in platform/uring.hpp). Shares preempt_request's one signal in flight.
+// work" in platform/uring.hpp). Shares preempt_request's one signal in flight;
+// none with asynchronous preemption off.
 void preempt_kick(m* mp);
 
 // True if pc is in code where a goroutine may be stopped (see above).
