@@ -11,7 +11,7 @@ namespace urge::platform {
 
 namespace {
 // Opcodes the netpoller issues.
-constexpr int required_ops[] = {IORING_OP_NOP, IORING_OP_RECV, IORING_OP_SEND,
+constexpr int required_ops[] = {IORING_OP_NOP,    IORING_OP_RECV,    IORING_OP_SEND,
                                 IORING_OP_ACCEPT, IORING_OP_CONNECT, IORING_OP_ASYNC_CANCEL};
 }  // namespace
 

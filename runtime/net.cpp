@@ -20,7 +20,9 @@
 
 namespace urge::net {
 
-const std::error_category& category() { return runtime::net_category(); }
+const std::error_category& category() {
+  return runtime::net_category();
+}
 
 namespace {
 
@@ -126,8 +128,10 @@ std::vector<endpoint> resolve(std::string_view network, std::string_view address
   split_host_port(network, address, host, port);
   endpoint ep;
   if (host.empty()) {
-    if (!passive) host = fam == family::v6 ? "::1" : "127.0.0.1";  // Go dials the local system
-    else host = fam == family::v6 ? "::" : "0.0.0.0";
+    if (!passive)
+      host = fam == family::v6 ? "::1" : "127.0.0.1";  // Go dials the local system
+    else
+      host = fam == family::v6 ? "::" : "0.0.0.0";
   }
   if (literal(host, fam, port, ep)) {
     out.push_back(ep);
@@ -176,7 +180,8 @@ std::string format(const sockaddr_storage& ss, socklen_t len) {
   }
   if (ss.ss_family == AF_UNIX) {
     const auto& a = reinterpret_cast<const sockaddr_un&>(ss);
-    std::size_t n = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+    std::size_t n =
+        len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
     std::string path(a.sun_path, n);
     if (!path.empty() && path[0] == '\0') path[0] = '@';
     while (!path.empty() && path.back() == '\0') path.pop_back();
@@ -308,7 +313,9 @@ void conn::reset() noexcept {
   pd_ = nullptr;
 }
 
-conn::operator bool() const { return pd_ && !runtime::pd_closed(pd_); }
+conn::operator bool() const {
+  return pd_ && !runtime::pd_closed(pd_);
+}
 
 void conn::close_write() {
   with_fd(pd_, [](int fd) {
@@ -334,7 +341,9 @@ std::string conn::remote_address() const {
   });
 }
 
-int conn::native_handle() const { return snapshot_fd(pd_); }
+int conn::native_handle() const {
+  return snapshot_fd(pd_);
+}
 
 // ---- listener ----------------------------------------------------------------
 
@@ -411,9 +420,13 @@ void listener::reset() noexcept {
   unix_path_.clear();
 }
 
-listener::operator bool() const { return pd_ && !runtime::pd_closed(pd_); }
+listener::operator bool() const {
+  return pd_ && !runtime::pd_closed(pd_);
+}
 
-int listener::native_handle() const { return snapshot_fd(pd_); }
+int listener::native_handle() const {
+  return snapshot_fd(pd_);
+}
 
 listener listen(std::string_view network, std::string_view address) {
   std::vector<endpoint> eps = resolve(network, address, true);
@@ -443,9 +456,8 @@ listener listen(std::string_view network, std::string_view address) {
 conn dial(std::string_view network, std::string_view address, std::chrono::nanoseconds timeout) {
   std::vector<endpoint> eps = resolve(network, address, false);
   std::error_code last;
-  const auto deadline = timeout.count() > 0
-                            ? std::chrono::steady_clock::now() + timeout
-                            : std::chrono::steady_clock::time_point{};
+  const auto deadline = timeout.count() > 0 ? std::chrono::steady_clock::now() + timeout
+                                            : std::chrono::steady_clock::time_point{};
   for (const endpoint& ep : eps) {
     int fd = ::socket(ep.af(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) throw_errno(errno, "socket");
@@ -463,8 +475,8 @@ conn dial(std::string_view network, std::string_view address, std::chrono::nanos
       return c;
     }
   }
-  throw std::system_error(last, "urge::net: dial " + std::string(network) + " " +
-                                    std::string(address));
+  throw std::system_error(last,
+                          "urge::net: dial " + std::string(network) + " " + std::string(address));
 }
 
 conn dial(std::string_view network, std::string_view address) {

@@ -46,7 +46,7 @@ struct uring_op {
   g* gp = nullptr;
   poll_desc* pd = nullptr;
   op_kind kind = op_kind::read;
-  bool poll_first = false;     // a recv: wait for data before the first attempt
+  bool poll_first = false;  // a recv: wait for data before the first attempt
   void* buf = nullptr;
   std::size_t n = 0;
   sockaddr* addr = nullptr;
@@ -67,9 +67,9 @@ constexpr std::uintptr_t ms_tag = 1;
 struct ring_state {
   ring_state(unsigned entries, unsigned cq_entries) : ring(entries, cq_entries) {}
   platform::uring ring;
-  futex_mutex sq_mu;                // submission side
-  futex_mutex cq_mu;                // completion side
-  std::atomic<int> inflight{0};     // requests in the kernel
+  futex_mutex sq_mu;                 // submission side
+  futex_mutex cq_mu;                 // completion side
+  std::atomic<int> inflight{0};      // requests in the kernel
   uring_op* backlog_head = nullptr;  // sq_mu
   uring_op* backlog_tail = nullptr;
   // netpoll_sysmon's state (sysmon's alone): since when task work has been
@@ -81,8 +81,8 @@ struct ring_state {
 
 netpoll_backend g_kind = netpoll_backend::none;
 bool g_multishot_accept = false;
-bool g_recv_poll_first = false;  // IORING_RECVSEND_POLL_FIRST understood
-std::atomic<int> g_ms_armed{0};  // multishot accepts still in the kernel
+bool g_recv_poll_first = false;                    // IORING_RECVSEND_POLL_FIRST understood
+std::atomic<int> g_ms_armed{0};                    // multishot accepts still in the kernel
 std::vector<std::unique_ptr<ring_state>> g_rings;  // by P id
 int g_efd = -1;                                    // io_uring completions and breaks
 std::unique_ptr<platform::epoll_poller> g_epoll;
@@ -101,7 +101,9 @@ const std::error_category& net_category() {
   return c;
 }
 
-std::error_code make_error_code(net_errc e) { return {static_cast<int>(e), net_category()}; }
+std::error_code make_error_code(net_errc e) {
+  return {static_cast<int>(e), net_category()};
+}
 
 struct pd_extra;
 
@@ -119,18 +121,18 @@ struct pd_extra;
 // back to the free list.
 struct poll_desc {
   futex_mutex mu;
-  int fd = -1;                     // -1 once closed; mu (read without it under an fdref)
+  int fd = -1;  // -1 once closed; mu (read without it under an fdref)
   std::atomic<std::uint32_t> fdref{0};
   std::atomic<int> refs{0};
-  bool closing = false;            // mu; set with fdref's closed bit
-  g* close_waiter = nullptr;       // the goroutine in pd_close waiting for the fd to close; mu
-  bool rready = false;             // epoll: readable since the last EAGAIN; mu
-  bool wready = false;             // mu
-  bool rdrained = false;           // io_uring: the last recv left nothing behind; mu
-  g* rg = nullptr;                 // epoll: the goroutine waiting to read; mu
-  g* wg = nullptr;                 // mu
-  uring_op* rop = nullptr;         // io_uring: the read-side request in flight; mu
-  uring_op* wop = nullptr;         // mu
+  bool closing = false;       // mu; set with fdref's closed bit
+  g* close_waiter = nullptr;  // the goroutine in pd_close waiting for the fd to close; mu
+  bool rready = false;        // epoll: readable since the last EAGAIN; mu
+  bool wready = false;        // mu
+  bool rdrained = false;      // io_uring: the last recv left nothing behind; mu
+  g* rg = nullptr;            // epoll: the goroutine waiting to read; mu
+  g* wg = nullptr;            // mu
+  uring_op* rop = nullptr;    // io_uring: the read-side request in flight; mu
+  uring_op* wop = nullptr;    // mu
   // Deadlines (nanotime, 0 for none): written under mu, read without it by
   // an operation's first check.
   std::atomic<std::int64_t> rd{0};
@@ -169,7 +171,9 @@ pd_extra* extra(poll_desc* pd) {
 std::mutex g_pd_mu;
 poll_desc* g_pd_free = nullptr;
 
-void pd_ref(poll_desc* pd) { pd->refs.fetch_add(1, std::memory_order_relaxed); }
+void pd_ref(poll_desc* pd) {
+  pd->refs.fetch_add(1, std::memory_order_relaxed);
+}
 
 void pd_unref(poll_desc* pd) {
   if (pd->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
@@ -232,7 +236,9 @@ void ready(g* gp, glist* out) {
 
 // ---- io_uring ----------------------------------------------------------------
 
-ring_state* ring_of(p* pp) { return g_rings[static_cast<std::size_t>(pp->id)].get(); }
+ring_state* ring_of(p* pp) {
+  return g_rings[static_cast<std::size_t>(pp->id)].get();
+}
 
 // Puts op into the submission queue, or the backlog when the ring already
 // has max_inflight requests. Needs r->sq_mu.
@@ -388,7 +394,9 @@ bool unlock_pd(g*, void* arg) {
   return true;
 }
 
-bool deadline_passed(std::int64_t d) { return d != 0 && d <= platform::nanotime(); }
+bool deadline_passed(std::int64_t d) {
+  return d != 0 && d <= platform::nanotime();
+}
 
 // The checks every operation makes before it waits, and again after each
 // wake-up: closed, or past the side's deadline. pd->mu held, or not: then
@@ -437,7 +445,8 @@ std::int32_t uring_run(poll_desc* pd, uring_op& op, bool read_side, std::error_c
     netpoll_waiters.fetch_sub(1, std::memory_order_relaxed);
     pd->mu.lock();
     (read_side ? pd->rop : pd->wop) = nullptr;
-    if (op.res == -ECANCELED || op.res == -EINTR) continue;  // closed, deadline, or moved: look again
+    if (op.res == -ECANCELED || op.res == -EINTR)
+      continue;  // closed, deadline, or moved: look again
     if (op.res < 0) ec = std::error_code(-op.res, std::generic_category());
     return op.res;
   }
@@ -546,7 +555,8 @@ void ms_arm(poll_desc* pd) {
     sqe = r->ring.get_sqe();
   }
   io_uring_prep_multishot_accept(sqe, pd->fd, nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data(sqe, reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(pd) | ms_tag));
+  io_uring_sqe_set_data(sqe,
+                        reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(pd) | ms_tag));
   r->inflight.fetch_add(1, std::memory_order_relaxed);
   pd->x->ms_armed = true;
   pd->x->ms_ring = r;
@@ -638,7 +648,9 @@ void deadline_fire(timer* t, void* arg, std::int64_t now) {
 
 // ---- Backend selection and scheduler integration ------------------------------
 
-void netpoll_simulate_probe_failure(bool on) { g_simulate_failure = on; }
+void netpoll_simulate_probe_failure(bool on) {
+  g_simulate_failure = on;
+}
 
 void netpoll_init(const std::string& setting) {
   std::string why;
@@ -733,7 +745,9 @@ void netpoll_shutdown() {
   netpoll_waiters.store(0, std::memory_order_relaxed);
 }
 
-netpoll_backend netpoll_kind() { return g_kind; }
+netpoll_backend netpoll_kind() {
+  return g_kind;
+}
 
 const char* netpoll_name() {
   switch (g_kind) {
@@ -746,7 +760,6 @@ const char* netpoll_name() {
   }
   return "none";
 }
-
 
 int netpoll_check_local(p* pp, bool do_flush) {
   if (g_kind != netpoll_backend::uring) return 0;
@@ -911,9 +924,13 @@ poll_desc* pd_open(int fd, std::error_code& ec) {
   return pd;
 }
 
-int pd_fd_acquire(poll_desc* pd) { return fd_incref(pd) ? pd->fd : -1; }
+int pd_fd_acquire(poll_desc* pd) {
+  return fd_incref(pd) ? pd->fd : -1;
+}
 
-void pd_fd_release(poll_desc* pd) { fd_decref(pd); }
+void pd_fd_release(poll_desc* pd) {
+  fd_decref(pd);
+}
 
 bool pd_closed(poll_desc* pd) {
   return pd->fdref.load(std::memory_order_acquire) & fd_closed_bit;
@@ -959,7 +976,9 @@ bool pd_close(poll_desc* pd) {
   return true;
 }
 
-void pd_release(poll_desc* pd) { pd_unref(pd); }
+void pd_release(poll_desc* pd) {
+  pd_unref(pd);
+}
 
 bool pd_set_deadline(poll_desc* pd, char mode, std::int64_t deadline) {
   if (!fd_incref(pd)) return false;
@@ -1010,7 +1029,9 @@ R with_side(poll_desc* pd, bool read_side, std::error_code& ec, R failed, F&& f)
   return r;
 }
 
-std::error_code errno_code(int e) { return {e, std::generic_category()}; }
+std::error_code errno_code(int e) {
+  return {e, std::generic_category()};
+}
 
 }  // namespace
 

@@ -186,7 +186,9 @@ __attribute__((noinline)) g* getg() {
   return mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
 }
 
-g* allgs() { return allgs_head.load(std::memory_order_acquire); }
+g* allgs() {
+  return allgs_head.load(std::memory_order_acquire);
+}
 
 // ---- Global run queue (sched.lock) ------------------------------------------
 
@@ -239,7 +241,8 @@ static g* globrunqget(p* pp, int max) {
   for (int i = 1; i < n; ++i) {
     g* gp1 = globrunqpop();
     auto overflow = pp->runq.put(gp1, false);
-    if (overflow.n) globrunqputbatch(overflow.head, overflow.tail, overflow.n);  // cannot happen; safe anyway
+    if (overflow.n)
+      globrunqputbatch(overflow.head, overflow.tail, overflow.n);  // cannot happen; safe anyway
   }
   return gp;
 }
@@ -509,7 +512,9 @@ void add_timer(timer* t) {
   if (pp->timers.add(t)) wake_netpoller(when);
 }
 
-bool del_timer(timer* t) { return timer_heap::del(t); }
+bool del_timer(timer* t) {
+  return timer_heap::del(t);
+}
 
 // The earliest timer over all Ps, or 0.
 static std::int64_t earliest_timer() {
@@ -1098,7 +1103,8 @@ top:
       sched->poll_until.store(until != 0 ? until : INT64_MAX, std::memory_order_release);
       sched->lock.unlock();
       // A timer already due is 0 (poll without blocking), not -1 (for ever).
-      std::int64_t delay = until != 0 ? std::max<std::int64_t>(until - platform::nanotime(), 0) : -1;
+      std::int64_t delay =
+          until != 0 ? std::max<std::int64_t>(until - platform::nanotime(), 0) : -1;
       glist ready;
       if (delay != 0) {
         mp->blocked = true;
@@ -1540,8 +1546,8 @@ void exit_blocking_call() {
   URGE_TRACE_EVENT(syscall_exit, gp->goid, oldp ? oldp->id : -1);
   // Fast path: the P is still ours.
   pstatus expect = pstatus::syscall;
-  if (oldp && oldp->status.compare_exchange_strong(expect, pstatus::running,
-                                                   std::memory_order_acq_rel)) {
+  if (oldp &&
+      oldp->status.compare_exchange_strong(expect, pstatus::running, std::memory_order_acq_rel)) {
     acquirep(mp, oldp);
     oldp->syscalltick.fetch_add(1, std::memory_order_relaxed);
     gp->status.store(gstatus::running, std::memory_order_release);
@@ -1698,7 +1704,9 @@ using namespace urge::runtime;
 
 namespace detail {
 
-bool in_goroutine() noexcept { return getg() != nullptr; }
+bool in_goroutine() noexcept {
+  return getg() != nullptr;
+}
 
 spawn_slot newproc_begin(std::size_t closure_size, std::size_t closure_align, closure_fn run,
                          void* creator_pc) {
@@ -1740,8 +1748,12 @@ void newproc_abort(spawn_slot slot) noexcept {
   freeg_unused(mp ? mp->curp : nullptr, static_cast<g*>(slot.g));
 }
 
-void enter_blocking() noexcept { enter_blocking_call(); }
-void exit_blocking() noexcept { exit_blocking_call(); }
+void enter_blocking() noexcept {
+  enter_blocking_call();
+}
+void exit_blocking() noexcept {
+  exit_blocking_call();
+}
 
 void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   if (getg()) throw std::logic_error("urge::run called from inside a goroutine");
@@ -1805,7 +1817,8 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   cpu_set_t caller_mask;
   const bool have_caller_mask = sched_getaffinity(0, sizeof caller_mask, &caller_mask) == 0;
   // P0 to M0; the rest idle (in reverse so that pidleget hands out P1 first).
-  for (int i = sched->gomaxprocs - 1; i >= 1; --i) pidleput(sched->allp[static_cast<std::size_t>(i)]);
+  for (int i = sched->gomaxprocs - 1; i >= 1; --i)
+    pidleput(sched->allp[static_cast<std::size_t>(i)]);
   acquirep(&m0, sched->allp[0]);
 
   // The main goroutine.
@@ -1864,7 +1877,8 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
     mp = next;
   }
   netpoll_shutdown();
-  if (sched->pin_threads && have_caller_mask) sched_setaffinity(0, sizeof caller_mask, &caller_mask);
+  if (sched->pin_threads && have_caller_mask)
+    sched_setaffinity(0, sizeof caller_mask, &caller_mask);
   for (p* pp : sched->allp) delete pp;
   sched = nullptr;
   tls_m = nullptr;
@@ -1915,7 +1929,9 @@ void yield() {
 }
 
 namespace {
-void sleep_wake(timer*, void* arg, std::int64_t) { goready(static_cast<g*>(arg), true); }
+void sleep_wake(timer*, void* arg, std::int64_t) {
+  goready(static_cast<g*>(arg), true);
+}
 bool sleep_arm(g* gp, void*) {
   add_timer(gp->sleep_timer);
   return true;
@@ -1941,7 +1957,9 @@ void sleep(std::chrono::nanoseconds d) {
   gopark(sleep_arm, nullptr, waitreason::sleep);
 }
 
-int maxprocs() { return sched ? sched->gomaxprocs : 0; }
+int maxprocs() {
+  return sched ? sched->gomaxprocs : 0;
+}
 
 std::size_t num_goroutines() {
   return sched ? static_cast<std::size_t>(sched->ngoroutines.load(std::memory_order_relaxed)) : 0;

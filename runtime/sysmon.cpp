@@ -13,9 +13,9 @@
 // costs no CPU.
 #include <sys/prctl.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
-#include <algorithm>
 #include <mutex>
 
 #include "platform/cpu.hpp"
@@ -209,7 +209,9 @@ void sysmon_main() {
 
 }  // namespace
 
-void start_sysmon() { sched->sysmon_thread = std::thread(sysmon_main); }
+void start_sysmon() {
+  sched->sysmon_thread = std::thread(sysmon_main);
+}
 
 void stop_sysmon() {
   {
@@ -226,7 +228,8 @@ void schedtrace(bool detailed) {
   std::lock_guard lock(sched->lock);
   std::FILE* out = stderr;
   std::fprintf(out,
-               "SCHED %" PRId64 "ms: gomaxprocs=%d idleprocs=%d threads=%d spinningthreads=%d "
+               "SCHED %" PRId64
+               "ms: gomaxprocs=%d idleprocs=%d threads=%d spinningthreads=%d "
                "idlethreads=%d runqueue=%d",
                (now - sched->start_time) / 1'000'000, sched->gomaxprocs,
                sched->npidle.load(std::memory_order_relaxed),
@@ -252,8 +255,8 @@ void schedtrace(bool detailed) {
                  "timerslen=%zu\n",
                  pp->id, static_cast<unsigned>(pp->status.load(std::memory_order_relaxed)),
                  pp->schedtick_pub.load(std::memory_order_relaxed),
-                 pp->syscalltick.load(std::memory_order_relaxed), mp ? mp->id : -1,
-                 pp->runq.size(), static_cast<std::size_t>(pp->gfreecnt), pp->timers.size());
+                 pp->syscalltick.load(std::memory_order_relaxed), mp ? mp->id : -1, pp->runq.size(),
+                 static_cast<std::size_t>(pp->gfreecnt), pp->timers.size());
   }
   for (m* mp = sched->allm; mp; mp = mp->alllink) {
     if (mp->exited) continue;
