@@ -140,10 +140,11 @@ namespace urge::runtime {
 
 schedt* sched = nullptr;
 
-namespace {
-
 // initial-exec: one %fs/tpidr-relative load, not a __tls_get_addr call.
 thread_local m* tls_m __attribute__((tls_model("initial-exec"))) = nullptr;
+
+namespace {
+
 std::atomic<g*> allgs_head{nullptr};  // push-only; Gs are never freed
 
 // Coarse monotonic time (a jiffy's resolution, ~5 ns to read): enough for
@@ -957,18 +958,9 @@ static void gosched_global(g* gp) {
   switch_away(gp, gp->curm, after_switch::ready_global);
 }
 
-void check_preempt() {
-  // Not inside the scheduler or any runtime critical section: the runtime
-  // calls code that has preemption points (a channel send, go()) from timer
-  // callbacks and the netpoller, which may run in the middle of a switch,
-  // while the goroutine being left is still current; yielding it there would
-  // switch inside a switch.
-  if (preempt_off != 0) return;
-  g* gp = getg();
-  if (gp && gp->preempt.load(std::memory_order_relaxed)) {
-    gp->preempt.store(false, std::memory_order_relaxed);
-    gosched_global(gp);
-  }
+void check_preempt_slow(g* gp) {
+  gp->preempt.store(false, std::memory_order_relaxed);
+  gosched_global(gp);
 }
 
 // ---- findrunnable -------------------------------------------------------
