@@ -958,9 +958,13 @@ static void gosched_global(g* gp) {
   switch_away(gp, gp->curm, after_switch::ready_global);
 }
 
-void check_preempt_slow(g* gp) {
-  gp->preempt.store(false, std::memory_order_relaxed);
-  gosched_global(gp);
+__attribute__((noinline)) void check_preempt_slow() {
+  if (preempt_off != 0) return;
+  g* gp = getg();
+  if (gp && gp->preempt.load(std::memory_order_relaxed)) {
+    gp->preempt.store(false, std::memory_order_relaxed);
+    gosched_global(gp);
+  }
 }
 
 // ---- findrunnable -------------------------------------------------------
