@@ -56,7 +56,7 @@ __attribute__((always_inline)) inline op chansend(hchan* c, void* ep, bool block
   // (Go's reasoning in chansend).
   if (!block && c->dataqsiz != 0 && !c->closed.load(std::memory_order_relaxed) &&
       c->qcount.load(std::memory_order_relaxed) == c->dataqsiz) {
-    check_preempt();
+    check_preempt_inline();
     return op::would_block;
   }
   c->lock.lock();
@@ -68,18 +68,18 @@ __attribute__((always_inline)) inline op chansend(hchan* c, void* ep, bool block
     g* gp = send_to_waiter(c, sg, ep);
     c->lock.unlock();
     goready(gp, true);
-    check_preempt();
+    check_preempt_inline();
     return op::done;
   }
   if (c->qcount.load(std::memory_order_relaxed) < c->dataqsiz) {
     buf_send(c, ep);
     c->lock.unlock();
-    check_preempt();
+    check_preempt_inline();
     return op::done;
   }
   if (!block) {
     c->lock.unlock();
-    check_preempt();
+    check_preempt_inline();
     return op::would_block;
   }
   sudog s;
@@ -104,7 +104,7 @@ __attribute__((always_inline)) inline op chanrecv(hchan* c, void* opt, bool bloc
   // fills again, so the second look settles it).
   if (!block && c->dataqsiz != 0 && c->qcount.load(std::memory_order_relaxed) == 0) {
     if (!c->closed.load(std::memory_order_acquire)) {
-      check_preempt();
+      check_preempt_inline();
       return op::would_block;
     }
     if (c->qcount.load(std::memory_order_relaxed) == 0) return op::closed;
@@ -112,25 +112,25 @@ __attribute__((always_inline)) inline op chanrecv(hchan* c, void* opt, bool bloc
   c->lock.lock();
   if (c->closed.load(std::memory_order_relaxed) && c->qcount.load(std::memory_order_relaxed) == 0) {
     c->lock.unlock();
-    check_preempt();  // a loop draining a closed channel is a loop too
+    check_preempt_inline();  // a loop draining a closed channel is a loop too
     return op::closed;
   }
   if (sudog* sg = c->sendq.dequeue()) {
     g* gp = recv_from_waiter(c, sg, opt);
     c->lock.unlock();
     goready(gp, true);
-    check_preempt();
+    check_preempt_inline();
     return op::done;
   }
   if (c->qcount.load(std::memory_order_relaxed) > 0) {
     buf_recv(c, opt);
     c->lock.unlock();
-    check_preempt();
+    check_preempt_inline();
     return op::done;
   }
   if (!block) {
     c->lock.unlock();
-    check_preempt();
+    check_preempt_inline();
     return op::would_block;
   }
   sudog s;

@@ -958,7 +958,7 @@ static void gosched_global(g* gp) {
   switch_away(gp, gp->curm, after_switch::ready_global);
 }
 
-__attribute__((noinline)) void check_preempt_slow() {
+__attribute__((noinline)) void check_preempt() {
   if (preempt_off != 0) return;
   g* gp = getg();
   if (gp && gp->preempt.load(std::memory_order_relaxed)) {

@@ -320,9 +320,9 @@ void goready(g* gp, bool next = true);
 // batch, see netpoll_block).
 void goready_mark(g* gp);
 
-// The calling thread's M (getm() is the out-of-line reader). Inline reads
-// are hints only: AArch64 code may keep the thread pointer in a register
-// across a call, and the goroutine may have moved to another thread since.
+// The calling thread's M (getm() is the out-of-line reader). Read inline only
+// in a frame that has not switched goroutines since it began (see
+// check_preempt_inline).
 extern thread_local m* tls_m __attribute__((tls_model("initial-exec")));
 
 // Cooperative preemption point: yields if sysmon asked this goroutine to.
@@ -330,17 +330,21 @@ extern thread_local m* tls_m __attribute__((tls_model("initial-exec")));
 // callback, under a runtime lock): timer callbacks and the netpoller run code
 // with preemption points (a channel send, go()) mid-switch, while the
 // goroutine being left is still current, and yielding it there would switch
-// inside a switch. The test is inline (a few loads, no call: channel and
-// sync operations pass one on every way out that does not park); the slow
-// path checks again from a fresh frame, so a stale inline read (see tls_m)
-// can only cost a call or delay a yield, never yield the wrong goroutine.
-void check_preempt_slow();
-__attribute__((always_inline)) inline void check_preempt() {
+// inside a switch. Out of line: it reads the thread-locals from a fresh frame,
+// so it may follow a switch in its caller's frame.
+void check_preempt();
+
+// The same test inline (a few loads, no call), for the channel operations'
+// ways out that do not park, where the cost of a call showed. Only in a frame
+// that has not switched goroutines since it began: a thread-local address
+// the compiler computed before a switch may be another thread's after it
+// (TSan caught it in semrelease, which may yield before its check).
+__attribute__((always_inline)) inline void check_preempt_inline() {
   if (preempt_off != 0) return;
   m* mp = tls_m;
   g* gp = mp ? mp->curg.load(std::memory_order_relaxed) : nullptr;
   if (__builtin_expect(gp != nullptr && gp->preempt.load(std::memory_order_relaxed), 0)) {
-    check_preempt_slow();
+    check_preempt();
   }
 }
 

@@ -139,7 +139,7 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
   }
   if (m == 0) {
     if (!block) {
-      check_preempt();
+      check_preempt_inline();
       return -1;
     }
     if (!getg()) throw std::logic_error("urge::select would block outside a goroutine");
@@ -177,13 +177,13 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
         g* gp = send_to_waiter(c, sg, cs.elem);
         selunlock(cases, lockorder, m);
         goready(gp, true);
-        check_preempt();
+        check_preempt_inline();
         return static_cast<int>(k);
       }
       if (c->qcount.load(std::memory_order_relaxed) < c->dataqsiz) {
         buf_send(c, cs.elem);
         selunlock(cases, lockorder, m);
-        check_preempt();
+        check_preempt_inline();
         return static_cast<int>(k);
       }
     } else {
@@ -192,27 +192,27 @@ int selectgo(scase* cases, std::size_t n, bool block, bool* recv_ok) {
         selunlock(cases, lockorder, m);
         goready(gp, true);
         *recv_ok = true;
-        check_preempt();
+        check_preempt_inline();
         return static_cast<int>(k);
       }
       if (c->qcount.load(std::memory_order_relaxed) > 0) {
         buf_recv(c, cs.elem);
         selunlock(cases, lockorder, m);
         *recv_ok = true;
-        check_preempt();
+        check_preempt_inline();
         return static_cast<int>(k);
       }
       if (c->closed.load(std::memory_order_relaxed)) {
         selunlock(cases, lockorder, m);
         *recv_ok = false;
-        check_preempt();
+        check_preempt_inline();
         return static_cast<int>(k);
       }
     }
   }
   if (!block) {
     selunlock(cases, lockorder, m);
-    check_preempt();
+    check_preempt_inline();
     return -1;
   }
 

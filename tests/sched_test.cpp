@@ -412,30 +412,31 @@ TEST_P(CooperativePreemption, LoopOfNonParkingOperationsGivesThePUp) {
 TEST(Sched, TimerCallbackDuringASwitchIgnoresTheLeavingGoroutinesRequest) {
   urge::config cfg = procs(1);
   cfg.async_preempt = false;
-  cfg.quantum = std::chrono::seconds(60);  // the only request is the test's (TSan is slow)
+  cfg.quantum = std::chrono::seconds(60);  // the only request is the test's
   for (int round = 0; round < 50; ++round) {
     urge::run(cfg, [] {
       urge::chan<std::chrono::steady_clock::time_point> fired;
-      urge::runtime::g* x = nullptr;
-      urge::wait_group wg;
-      wg.add(1);
+      std::atomic<urge::runtime::g*> x{nullptr};
       urge::go([&] {
-        x = urge::runtime::getg();
-        wg.done();  // main runs only once this goroutine parks (one P)
-        // Made after wg.done: a due timer on a P whose goroutine has run for
-        // a millisecond (slow under TSan) gets that goroutine preempted at its
-        // next preemption point, and wg.done is one.
+        urge::runtime::g* self = urge::runtime::getg();
+        // A due timer can still get this goroutine preempted at after()'s
+        // own preemption point when it has run for a millisecond (sysmon's
+        // timer rule; slow under TSan and qemu): main waits below until it
+        // is parked, whichever way it got there.
         fired = urge::after(std::chrono::nanoseconds(0));  // due at once
-        x->preempt.store(true);                            // as if sysmon asked
+        self->preempt.store(true);                         // as if sysmon asked
+        x.store(self);
         // Parks for good without an unlock step, so the switch runs the due
         // timer before it picks main.
         urge::chan<int>::nil().recv();
       });
-      wg.wait();
+      while (x.load() == nullptr ||
+             x.load()->status.load() != urge::runtime::gstatus::waiting) {
+        urge::yield();
+      }
       EXPECT_TRUE(fired.recv().has_value());
       // The callback's send left the request alone (acting on it clears it).
-      EXPECT_TRUE(x->preempt.load());
-      EXPECT_EQ(x->status.load(), urge::runtime::gstatus::waiting);
+      EXPECT_TRUE(x.load()->preempt.load());
     });
   }
 }
