@@ -194,24 +194,33 @@ void preempt_init() {
   });
 }
 
+namespace {
+
+// Sends SIGURG to mp's thread, unless asynchronous preemption is off
+// (asyncpreemptoff promises no preemption signals at all), the M has no
+// thread yet, or a signal is already in flight to it; true if sent.
+bool signal_m(m* mp) {
+  if (!sched->async_preempt || mp->tid == 0) return false;
+  if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return false;
+  syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);
+  return true;
+}
+
+}  // namespace
+
 void preempt_request(m* mp, g* gp) {
   gp->preempt.store(true, std::memory_order_relaxed);
   sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
-  if (!sched->async_preempt || mp->tid == 0) return;
   if (gp->status.load(std::memory_order_relaxed) != gstatus::running)
     return;  // never a blocking call
-  if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return;  // one in flight
-  g_signals_sent.fetch_add(1, std::memory_order_relaxed);
-  syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);
+  if (signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
 }
 
+// Without asynchronous preemption the task work waits for the thread's next
+// kernel entry (its timer tick at worst). Not counted in preempt_signals: it
+// asks nothing of the goroutine.
 void preempt_kick(m* mp) {
-  // asyncpreemptoff promises no preemption signals at all: then the task
-  // work waits for the thread's next kernel entry (its timer tick at worst).
-  if (!sched->async_preempt || mp->tid == 0) return;
-  if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return;  // one in flight
-  // Not counted in preempt_signals: it asks nothing of the goroutine.
-  syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);
+  signal_m(mp);
 }
 
 void preempt_deferred_now(std::uintptr_t caller_pc) {

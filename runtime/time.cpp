@@ -61,18 +61,17 @@ struct after_state {
   detail::hchan* c = nullptr;  // a reference of its own
 };
 
-void after_fire(runtime::timer*, void* arg, std::int64_t) {
-  auto* s = static_cast<after_state*>(arg);
-  send_time(s->c);
-  detail::chan_release(s->c);
-  delete s;
-}
-
-// Still pending when run() ended: nobody will receive the time.
+// Frees the state; also its discard, when run() ends with it pending
+// (nobody will receive the time then).
 void after_discard(runtime::timer*, void* arg, std::int64_t) {
   auto* s = static_cast<after_state*>(arg);
   detail::chan_release(s->c);
   delete s;
+}
+
+void after_fire(runtime::timer* t, void* arg, std::int64_t now) {
+  send_time(static_cast<after_state*>(arg)->c);
+  after_discard(t, arg, now);
 }
 
 }  // namespace
