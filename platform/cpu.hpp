@@ -8,6 +8,18 @@
 
 namespace urge::platform {
 
+// Go's procyield: n spin-wait hints (PAUSE, AArch64's YIELD), which let the
+// sibling hyperthread run and keep a spinning thread off the memory bus.
+inline void procyield(int n) {
+  for (int i = 0; i < n; ++i) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#else
+    asm volatile("yield");
+#endif
+  }
+}
+
 // The CPUs this process may run on (sched_getaffinity), in ascending order.
 std::vector<int> affinity_cpus();
 

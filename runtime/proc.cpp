@@ -1763,6 +1763,7 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   }
   auto s = std::make_unique<schedt>();
   s->cpus = platform::affinity_cpus();
+  futex_mutex::active_spin = s->cpus.size() > 1 ? 4 : 0;  // Go's ncpu > 1 test in lock2
   s->gomaxprocs = cfg.maxprocs > 0 ? cfg.maxprocs
                                    : default_maxprocs(std::getenv("URGE_MAXPROCS"), s->cpus,
                                                       platform::cgroup_cpu_limit());

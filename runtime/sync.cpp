@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "platform/clock.hpp"
+#include "platform/cpu.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
 #include "runtime/sema.hpp"
@@ -34,16 +35,6 @@ bool can_spin(int iter) {
   return mp && mp->curp && mp->curp->runq.empty();
 }
 
-void do_spin() {
-  for (int i = 0; i < 30; ++i) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#else
-    asm volatile("yield");
-#endif
-  }
-}
-
 }  // namespace
 
 void mutex::lock_slow() {
@@ -60,7 +51,7 @@ void mutex::lock_slow() {
           state_.compare_exchange_weak(old, old | woken, std::memory_order_relaxed)) {
         awoke = true;
       }
-      do_spin();
+      platform::procyield(30);  // Go's runtime_doSpin
       ++iter;
       old = state_.load(std::memory_order_relaxed);
       continue;
