@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "procs_fixture.hpp"
+#include "runtime/lock.hpp"
 #include "runtime/runtime2.hpp"
 
 namespace urge::detail {
@@ -436,6 +437,37 @@ TEST(SyncOutsideRun, CondAndSemaphoreWorkOnPlainThreads) {
   }
   t.join();
   EXPECT_TRUE(flag);
+}
+
+// The runtime's own lock (runtime/lock.hpp) on plain threads, spinning and
+// not: holders that sleep inside the critical section send the waiters to
+// the futex, and an unlock that failed to wake the next sleeper (the state of
+// a lock taken after a wake-up) would leave this test hung.
+TEST(RuntimeLock, ExcludesAndWakesEverySleeper) {
+  const int saved_spin = urge::runtime::futex_mutex::active_spin;
+  for (int spin : {4, 0}) {
+    urge::runtime::futex_mutex::active_spin = spin;
+    urge::runtime::futex_mutex lock;
+    long counter = 0;  // guarded by lock, deliberately not atomic
+    constexpr int threads = 4, rounds = 20000;
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&] {
+        for (int i = 0; i < rounds; ++i) {
+          lock.lock();
+          long seen = counter;
+          if (i % 256 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+          counter = seen + 1;
+          lock.unlock();
+        }
+      });
+    }
+    for (std::thread& t : ts) t.join();
+    EXPECT_EQ(counter, long{threads} * rounds) << "active_spin " << spin;
+    EXPECT_TRUE(lock.try_lock()) << "left locked, active_spin " << spin;
+    lock.unlock();
+  }
+  urge::runtime::futex_mutex::active_spin = saved_spin;
 }
 
 }  // namespace
