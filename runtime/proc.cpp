@@ -1204,6 +1204,49 @@ static void mstart(m* mp) {
 
 [[noreturn]] static void goexit(g* gp);
 
+// Counting goroutines
+// -------------------
+// Creating a goroutine used to take three locked instructions on the
+// scheduler's shared state (the goid counter, the live count and the created
+// count) and ending one a fourth: with two Ps creating and running goroutines
+// (spawn, skynet), every one of them pulled those cache lines from the other
+// CPU. Each P now counts what it creates and ends, written by its owner alone
+// with a plain load and store, and num_goroutines() and stats() add up the
+// Ps' counts (a goroutine made on one P may end on another: only the sums
+// mean anything). An M without a P counts on sched's own counters, atomically.
+// The sums are read racily, as Go's NumGoroutine is: exact when nothing is
+// being created or ending. Goroutine ids come from a per-P batch of goid_batch
+// (Go's goidcache), so ids are unique and dense but not in creation order
+// across Ps.
+constexpr std::uint64_t goid_batch = 16;  // Go's _GoidCacheBatch
+
+static void count_goroutine(p* pp, std::atomic<std::int64_t> p::*counter,
+                            std::atomic<std::int64_t>& nop_counter) {
+  if (pp) {
+    std::atomic<std::int64_t>& c = pp->*counter;
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  } else {
+    nop_counter.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+static std::uint64_t new_goid(p* pp) {
+  if (!pp) return sched->next_goid.fetch_add(1, std::memory_order_relaxed);
+  if (pp->goidcache == pp->goidcacheend) {
+    pp->goidcache = sched->next_goid.fetch_add(goid_batch, std::memory_order_relaxed);
+    pp->goidcacheend = pp->goidcache + goid_batch;
+  }
+  return pp->goidcache++;
+}
+
+// Goroutines created minus ended, over every P and the P-less counts.
+static std::int64_t count_sum(std::atomic<std::int64_t> p::*counter,
+                              const std::atomic<std::int64_t>& nop_counter) {
+  std::int64_t n = nop_counter.load(std::memory_order_relaxed);
+  for (p* pp : sched->allp) n += (pp->*counter).load(std::memory_order_relaxed);
+  return n;
+}
+
 // traceback.cpp: the current stack from the frame that threw.
 void print_traceback_from_throw(std::FILE* out);
 
@@ -1279,7 +1322,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 [[noreturn]] static void goexit(g* gp) {
   URGE_USDT(go_end, gp->goid, 0);  // traced by switch_away
   gp->status.store(gstatus::dead, std::memory_order_release);
-  sched->ngoroutines.fetch_sub(1, std::memory_order_relaxed);
+  count_goroutine(gp->curm->curp, &p::gexited, sched->gexited_nop);
   switch_away(gp, gp->curm, after_switch::exit);
   __builtin_unreachable();
 }
@@ -1487,13 +1530,13 @@ static void freeg_unused(p* pp, g* gp) {
 
 // Makes a newly built G runnable on mp's P (runnext), or globally without a P.
 static void newproc_ready(m* mp, g* gp) {
-  gp->goid = sched->next_goid.fetch_add(1, std::memory_order_relaxed);
+  p* pp = mp ? mp->curp : nullptr;
+  gp->goid = new_goid(pp);
   URGE_TRACE_GO_CREATE(gp);  // go_create, plus what names gp in a trace
   gp->status.store(gstatus::runnable, std::memory_order_release);
-  sched->ngoroutines.fetch_add(1, std::memory_order_relaxed);
-  sched->goroutines_created.fetch_add(1, std::memory_order_relaxed);
-  if (mp && mp->curp) {
-    runqput(mp->curp, gp, true);
+  count_goroutine(pp, &p::gcreated, sched->gcreated_nop);
+  if (pp) {
+    runqput(pp, gp, true);
   } else {
     std::lock_guard lock(sched->lock);
     globrunqput(gp);
@@ -1959,13 +2002,16 @@ int maxprocs() {
 }
 
 std::size_t num_goroutines() {
-  return sched ? static_cast<std::size_t>(sched->ngoroutines.load(std::memory_order_relaxed)) : 0;
+  if (!sched) return 0;
+  std::int64_t n =
+      count_sum(&p::gcreated, sched->gcreated_nop) - count_sum(&p::gexited, sched->gexited_nop);
+  return n > 0 ? static_cast<std::size_t>(n) : 0;
 }
 
 sched_stats stats() {
   sched_stats st;
   if (!sched) return st;
-  st.goroutines_created = sched->goroutines_created.load(std::memory_order_relaxed);
+  st.goroutines_created = static_cast<std::uint64_t>(count_sum(&p::gcreated, sched->gcreated_nop));
   st.steals = sched->steals.load(std::memory_order_relaxed);
   st.handoffs = sched->handoffs.load(std::memory_order_relaxed);
   st.preempt_requests = sched->preempt_requests.load(std::memory_order_relaxed);

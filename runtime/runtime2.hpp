@@ -216,7 +216,17 @@ struct p {
   platform::stack_cache stackcache;  // owner
   g* gfree = nullptr;                // dead Gs to reuse (Go's p.gFree); owner
   int gfreecnt = 0;                  // owner
-  int cpu = -1;                      // the CPU its M is pinned to, or -1
+  // Goroutine ids to hand out, [goidcache, goidcacheend): taken from
+  // sched.next_goid goid_batch at a time (Go's goidcache); owner.
+  std::uint64_t goidcache = 0;
+  std::uint64_t goidcacheend = 0;
+  // Goroutines created and ended on this P. Written by the owner alone
+  // (relaxed load and store, no locked instruction), read racily by
+  // num_goroutines and stats, which sum them over every P: see "Counting
+  // goroutines" in proc.cpp.
+  std::atomic<std::int64_t> gcreated{0};
+  std::atomic<std::int64_t> gexited{0};
+  int cpu = -1;  // the CPU its M is pinned to, or -1
   // sysmon's view (sysmon only).
   std::uint32_t sysmon_schedtick = 0;
   std::int64_t sysmon_schedwhen = 0;
@@ -245,8 +255,11 @@ struct schedt {
   std::vector<p*> allp;                 // fixed for the runtime's life
   std::vector<std::uint32_t> coprimes;  // strides coprime with gomaxprocs, for steal order
   int gomaxprocs = 0;
-  std::atomic<std::int64_t> ngoroutines{0};  // live Gs, main included
-  std::atomic<std::uint64_t> next_goid{1};
+  // Goroutines created and ended by Ms without a P (the per-P counts hold the
+  // rest: see "Counting goroutines" in proc.cpp).
+  std::atomic<std::int64_t> gcreated_nop{0};
+  std::atomic<std::int64_t> gexited_nop{0};
+  std::atomic<std::uint64_t> next_goid{1};  // the next goid, or batch of goid_batch
 
   // Timed wait (see "Timed wait" in proc.cpp): the M sleeping until the next
   // timer, and until when. lock.
@@ -275,7 +288,6 @@ struct schedt {
   platform::stack_pool* stacks = nullptr;
 
   // Counters (relaxed).
-  std::atomic<std::uint64_t> goroutines_created{0};
   std::atomic<std::uint64_t> steals{0};
   std::atomic<std::uint64_t> handoffs{0};
   std::atomic<std::uint64_t> lockedhandoffs{0};  // Ps handed to Ms for their stopped goroutines
