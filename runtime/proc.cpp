@@ -193,38 +193,25 @@ g* allgs() {
 
 // ---- Global run queue (sched.lock) ------------------------------------------
 
+// runqsize mirrors runq.size() for readers without the lock (a hint).
+static void globrunq_published() {
+  sched->runqsize.store(static_cast<int>(sched->runq.size()), std::memory_order_relaxed);
+}
+
 void globrunqput(g* gp) {
-  gp->schedlink = nullptr;
-  if (sched->runqtail) {
-    sched->runqtail->schedlink = gp;
-  } else {
-    sched->runqhead = gp;
-  }
-  sched->runqtail = gp;
-  sched->runqsize.store(sched->runqsize.load(std::memory_order_relaxed) + 1,
-                        std::memory_order_relaxed);
+  sched->runq.put(gp);
+  globrunq_published();
 }
 
-static void globrunqputbatch(g* head, g* tail, std::uint32_t n) {
-  tail->schedlink = nullptr;
-  if (sched->runqtail) {
-    sched->runqtail->schedlink = head;
-  } else {
-    sched->runqhead = head;
+// Appends a batch linked through schedlink (a local ring's overflow, the
+// poller's readied goroutines: Gs touched just now, so the walk is cheap).
+static void globrunqputbatch(g* head, std::uint32_t n) {
+  for (g* gp = head; n != 0; --n) {
+    g* next = gp->schedlink;
+    sched->runq.put(gp);
+    gp = next;
   }
-  sched->runqtail = tail;
-  sched->runqsize.store(sched->runqsize.load(std::memory_order_relaxed) + static_cast<int>(n),
-                        std::memory_order_relaxed);
-}
-
-static g* globrunqpop() {
-  g* gp = sched->runqhead;
-  if (!gp) return nullptr;
-  sched->runqhead = gp->schedlink;
-  if (!sched->runqhead) sched->runqtail = nullptr;
-  sched->runqsize.store(sched->runqsize.load(std::memory_order_relaxed) - 1,
-                        std::memory_order_relaxed);
-  return gp;
+  globrunq_published();
 }
 
 // Takes a fair share of the global queue (len/gomaxprocs + 1, at most max
@@ -238,20 +225,19 @@ static g* globrunqget(p* pp, int max) {
   if (n > size) n = size;
   if (max > 0 && n > max) n = max;
   if (n > static_cast<int>(run_queue<g>::capacity / 2)) n = run_queue<g>::capacity / 2;
-  g* gp = globrunqpop();
+  g* gp = sched->runq.pop();
   for (int i = 1; i < n; ++i) {
-    g* gp1 = globrunqpop();
-    auto overflow = pp->runq.put(gp1, false);
-    if (overflow.n)
-      globrunqputbatch(overflow.head, overflow.tail, overflow.n);  // cannot happen; safe anyway
+    auto overflow = pp->runq.put(sched->runq.pop(), false);
+    if (overflow.n) globrunqputbatch(overflow.head, overflow.n);  // cannot happen; safe anyway
   }
+  globrunq_published();
   return gp;
 }
 
 // Puts gp on pp's local queue (runnext if next); overflow goes global.
 __attribute__((noinline)) static void runqput_overflow(run_queue<g>::batch overflow) {
   std::lock_guard lock(sched->lock);
-  globrunqputbatch(overflow.head, overflow.tail, overflow.n);
+  globrunqputbatch(overflow.head, overflow.n);
 }
 
 void runqput(p* pp, g* gp, bool next) {
@@ -1116,7 +1102,7 @@ top:
       // queueing it globally and waking another M to run it while this one
       // goes to sleep would cost two thread switches per wake-up. Without
       // one, the busy Ps take it from the global queue.
-      if (!idle && ready.head) globrunqputbatch(ready.head, ready.tail, ready.n);
+      if (!idle && ready.head) globrunqputbatch(ready.head, ready.n);
       sched->lock.unlock();
       if (stopping) return nullptr;
       if (idle) {

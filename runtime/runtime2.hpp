@@ -26,6 +26,7 @@
 #include "arch/context.hpp"
 #include "platform/futex.hpp"
 #include "platform/stack.hpp"
+#include "runtime/globrunq.hpp"
 #include "runtime/lock.hpp"
 #include "runtime/runq.hpp"
 #include "runtime/timer.hpp"
@@ -248,8 +249,7 @@ struct schedt {
   std::atomic<int> npidle{0};
   std::atomic<int> nmspinning{0};  // see "Worker thread parking/unparking"
 
-  g* runqhead = nullptr;  // global run queue; lock
-  g* runqtail = nullptr;
+  global_run_queue<g> runq;      // lock
   std::atomic<int> runqsize{0};  // written under lock, read racily as a hint
 
   std::vector<p*> allp;                 // fixed for the runtime's life

@@ -1,4 +1,5 @@
-// runtime/runq.hpp: the per-P run queue, driven with plain structs.
+// runtime/runq.hpp and runtime/globrunq.hpp: the per-P and the global run
+// queues, driven with plain structs.
 //
 // run_queue<G> only needs `G* schedlink`, so these tests use a small item type
 // and std::thread: no runtime, no goroutines.
@@ -14,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/globrunq.hpp"
 #include "runtime/runq.hpp"
 
 namespace {
@@ -421,6 +423,85 @@ TEST(RunQueue, ConcurrentProducerAndThievesLoseAndDuplicateNothing) {
   RecordProperty("produced", static_cast<int>(produced));
   RecordProperty("stolen", static_cast<int>(stolen_total.load()));
   RecordProperty("overflow_batches", static_cast<int>(overflow_batches));
+}
+
+// ---- runtime/globrunq.hpp: the global run queue ------------------------------
+
+// Chunks from the heap, counted, refused while `refuse` is set.
+struct test_chunks {
+  static inline bool refuse = false;
+  static inline int live = 0;
+  static void* allocate(std::size_t bytes) {
+    if (refuse) return nullptr;
+    ++live;
+    return ::operator new(bytes);
+  }
+  static void free(void* p) {
+    --live;
+    ::operator delete(p);
+  }
+};
+
+using global_queue = urge::runtime::global_run_queue<item, test_chunks>;
+constexpr int kChunk = static_cast<int>(global_queue::chunk_slots);
+
+std::vector<int> drain_ids(global_queue& q) {
+  std::vector<int> ids;
+  while (item* it = q.pop()) ids.push_back(it->id);
+  return ids;
+}
+
+TEST(GlobalRunQueue, FifoAcrossChunksAndReusesEmptiedOnes) {
+  test_chunks::refuse = false;
+  test_chunks::live = 0;
+  {
+    global_queue q;
+    EXPECT_EQ(q.pop(), nullptr);
+    auto items = make_items(3 * kChunk + 7);
+    for (auto& it : items) q.put(it.get());
+    EXPECT_EQ(q.size(), items.size());
+    EXPECT_EQ(test_chunks::live, 4);
+    EXPECT_EQ(drain_ids(q), iota_ids(0, 3 * kChunk + 7));
+    EXPECT_EQ(q.size(), 0u);
+    // Emptied chunks are freed but for a spare and the last one, kept for reuse.
+    EXPECT_EQ(test_chunks::live, 2);
+    // Growing and shrinking around a chunk boundary allocates nothing more.
+    for (int round = 0; round < 100; ++round) {
+      for (int i = 0; i < kChunk + 1; ++i) q.put(items[static_cast<std::size_t>(i)].get());
+      ASSERT_EQ(drain_ids(q), iota_ids(0, kChunk + 1));
+    }
+    EXPECT_EQ(test_chunks::live, 2);
+  }
+  EXPECT_EQ(test_chunks::live, 0) << "chunks leaked";
+}
+
+TEST(GlobalRunQueue, RefusedChunkLosesNothingAndKeepsTheOrder) {
+  test_chunks::refuse = false;
+  test_chunks::live = 0;
+  {
+    global_queue q;
+    auto items = make_items(4 * kChunk);
+    int next = 0;
+    // One full chunk, then no more memory: the rest goes on the fallback list.
+    for (; next < kChunk + 10; ++next) {
+      if (next == kChunk) test_chunks::refuse = true;
+      q.put(items[static_cast<std::size_t>(next)].get());
+    }
+    EXPECT_EQ(test_chunks::live, 1);
+    // Half of the chunk leaves; memory is back, but what is put now must
+    // still wait behind the fallback list.
+    std::vector<int> got;
+    for (int i = 0; i < kChunk / 2; ++i) got.push_back(q.pop()->id);
+    test_chunks::refuse = false;
+    for (; next < kChunk + 20; ++next) q.put(items[static_cast<std::size_t>(next)].get());
+    EXPECT_EQ(q.size(), static_cast<std::size_t>(kChunk + 20 - kChunk / 2));
+    for (int id : drain_ids(q)) got.push_back(id);
+    EXPECT_EQ(got, iota_ids(0, kChunk + 20));
+    // Drained: chunks are used again.
+    for (int i = 0; i < 2 * kChunk; ++i) q.put(items[static_cast<std::size_t>(i)].get());
+    EXPECT_EQ(drain_ids(q), iota_ids(0, 2 * kChunk));
+  }
+  EXPECT_EQ(test_chunks::live, 0) << "chunks leaked";
 }
 
 }  // namespace
