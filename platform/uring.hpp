@@ -83,6 +83,8 @@ class uring {
   }
   // Completions posted so far (the kernel's tail, wrapping).
   unsigned cq_tail() const { return io_uring_smp_load_acquire(ring_.cq.ktail); }
+  // Completions consumed so far (advance's head, wrapping); any thread.
+  unsigned cq_head() const { return io_uring_smp_load_acquire(ring_.cq.khead); }
   void advance(unsigned n) { io_uring_cq_advance(&ring_, n); }
   // Completions are signalled on this eventfd as well.
   bool register_eventfd(int efd) { return io_uring_register_eventfd(&ring_, efd) == 0; }

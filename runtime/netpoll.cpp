@@ -72,6 +72,15 @@ struct ring_state {
   std::atomic<int> inflight{0};      // requests in the kernel
   uring_op* backlog_head = nullptr;  // sq_mu
   uring_op* backlog_tail = nullptr;
+  // See "Busy Ps". sq_mu writes the first two; sysmon sets flush_wanted and
+  // submit_locked clears it; the seen_ fields are sysmon's.
+  std::atomic<bool> sq_queued{false};        // requests queued, not yet submitted
+  std::atomic<std::uint32_t> sq_submits{0};  // submissions so far
+  std::atomic<bool> flush_wanted{false};     // the owner's next schedule submits
+  std::int64_t sq_seen_since = 0;            // when sysmon first saw them queued
+  std::uint32_t sq_seen_submits = 0;
+  std::int64_t cq_seen_since = 0;  // when sysmon first saw completions unread
+  unsigned cq_seen_head = 0;
   // netpoll_sysmon's state (sysmon's alone): since when task work has been
   // pending with the completion tail at seen_tail (0: it is not).
   std::int64_t pending_since = 0;
@@ -240,6 +249,40 @@ ring_state* ring_of(p* pp) {
   return g_rings[static_cast<std::size_t>(pp->id)].get();
 }
 
+// Busy Ps
+// -------
+// Queued requests go to the kernel when their P submits: in findrunnable,
+// before it sleeps, and every 8th schedule; completions are read at every
+// schedule. A P whose goroutines park on the network and then switches to
+// one that computes for long would hold both for its whole quantum and more:
+// parks do not count as schedules that submit (their unlockf runs later), a
+// CPU hog schedules once a quantum, and the goroutine a completion readies
+// then waits its turn behind the hogs. With two hogs sharing one P, a byte
+// written before them took 44-120 ms to reach a reader parked on the same P
+// (a response held back while its server computes something else). sysmon
+// cannot submit for the P: the work of a request that has to wait runs in
+// kernel task work of the thread that submitted it (see "Task work" in
+// platform/uring.hpp), and sysmon sleeps in the kernel without being woken
+// for such work. So it treats overdue I/O as it treats an overdue timer
+// (retake in sysmon.cpp): when a ring has held queued requests, or unread
+// completions, since a look 1 ms ago or more, and the P's goroutine has run
+// that long, it marks the ring (flush_wanted, for the requests) and asks the
+// goroutine to stop; the next schedule on that P submits and reads them, and
+// runs what the completions readied before a stopped hog's next turn. The
+// hot paths pay two relaxed stores under the lock they hold anyway, and no
+// clock read: sysmon dates what it sees itself (sq_seen_since and
+// cq_seen_since), by the submission count and completion head it last saw.
+// Rejected: submitting at every park that leaves other goroutines runnable
+// (a system call per request in a busy server, the batching lost).
+
+// Submits what is queued. Needs r->sq_mu.
+void submit_locked(ring_state* r) {
+  r->ring.submit();
+  r->sq_submits.store(r->sq_submits.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  r->sq_queued.store(false, std::memory_order_relaxed);
+  r->flush_wanted.store(false, std::memory_order_relaxed);
+}
+
 // Puts op into the submission queue, or the backlog when the ring already
 // has max_inflight requests. Needs r->sq_mu.
 void queue_op_locked(ring_state* r, uring_op* op) {
@@ -257,7 +300,7 @@ void queue_op_locked(ring_state* r, uring_op* op) {
   }
   io_uring_sqe* sqe = r->ring.get_sqe();
   if (!sqe) {
-    r->ring.submit();
+    submit_locked(r);
     sqe = r->ring.get_sqe();
   }
   switch (op->kind) {
@@ -276,13 +319,16 @@ void queue_op_locked(ring_state* r, uring_op* op) {
       break;
   }
   io_uring_sqe_set_data(sqe, op);
+  if (!r->sq_queued.load(std::memory_order_relaxed)) {
+    r->sq_queued.store(true, std::memory_order_relaxed);
+  }
   op->queued = false;
   r->inflight.fetch_add(1, std::memory_order_relaxed);
 }
 
 void flush(ring_state* r) {
   std::lock_guard lock(r->sq_mu);
-  if (r->ring.pending()) r->ring.submit();
+  if (r->ring.pending()) submit_locked(r);
 }
 
 // Moves backlog requests into the kernel as room appears.
@@ -296,7 +342,7 @@ void drain_backlog(ring_state* r) {
     queue_op_locked(r, op);
     moved = true;
   }
-  if (moved) r->ring.submit();
+  if (moved) submit_locked(r);
 }
 
 void ms_accept_complete(poll_desc* pd, std::int32_t res, std::uint32_t flags, int& readied,
@@ -368,12 +414,12 @@ void cancel_op(uring_op* op) {
   }
   io_uring_sqe* sqe = r->ring.get_sqe();
   if (!sqe) {
-    r->ring.submit();
+    submit_locked(r);
     sqe = r->ring.get_sqe();
   }
   io_uring_prep_cancel(sqe, op, 0);
   io_uring_sqe_set_data(sqe, nullptr);
-  r->ring.submit();  // cancellations go out at once
+  submit_locked(r);  // cancellations go out at once
 }
 
 // park's unlockf: queue the request on this M's P ring, release the descriptor.
@@ -551,7 +597,7 @@ void ms_arm(poll_desc* pd) {
   std::lock_guard lock(r->sq_mu);
   io_uring_sqe* sqe = r->ring.get_sqe();
   if (!sqe) {
-    r->ring.submit();
+    submit_locked(r);
     sqe = r->ring.get_sqe();
   }
   io_uring_prep_multishot_accept(sqe, pd->fd, nullptr, nullptr, SOCK_CLOEXEC);
@@ -562,7 +608,7 @@ void ms_arm(poll_desc* pd) {
   pd->x->ms_ring = r;
   g_ms_armed.fetch_add(1, std::memory_order_relaxed);
   pd_ref(pd);        // dropped by the final completion
-  r->ring.submit();  // a listener wants its first connection at once
+  submit_locked(r);  // a listener wants its first connection at once
 }
 
 // Cancels the multishot accept. pd->mu held.
@@ -572,12 +618,12 @@ void ms_cancel(poll_desc* pd) {
   std::lock_guard lock(r->sq_mu);
   io_uring_sqe* sqe = r->ring.get_sqe();
   if (!sqe) {
-    r->ring.submit();
+    submit_locked(r);
     sqe = r->ring.get_sqe();
   }
   io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(pd) | ms_tag, 0);
   io_uring_sqe_set_data(sqe, nullptr);
-  r->ring.submit();
+  submit_locked(r);
 }
 
 // accept through the multishot request. pd->mu held.
@@ -767,7 +813,9 @@ int netpoll_check_local(p* pp, bool do_flush) {
   // The common case on a P that does no I/O: nothing in flight, nothing queued.
   if (r->inflight.load(std::memory_order_relaxed) == 0 && r->ring.pending() == 0) return 0;
   int n = r->ring.ready() ? reap(r) : 0;
-  if (do_flush && r->ring.pending()) flush(r);
+  if ((do_flush || r->flush_wanted.load(std::memory_order_relaxed)) && r->ring.pending()) {
+    flush(r);
+  }
   return n;
 }
 
@@ -828,6 +876,35 @@ int netpoll_block(std::int64_t timeout_ns, glist& out) {
 // kernel every 30-60 us), and each interruption costs a signal. Well under
 // the 4 ms tick that bounds the wait otherwise.
 constexpr std::int64_t task_work_stuck_ns = 200'000;
+
+// One of overdue's watches: since when sysmon has seen `busy` hold with
+// `mark` unchanged (0 and false while !busy).
+static bool seen_stuck(bool busy, unsigned mark, std::int64_t now, std::int64_t age,
+                       std::int64_t& since, unsigned& seen_mark) {
+  if (!busy) {
+    since = 0;
+    return false;
+  }
+  if (since == 0 || mark != seen_mark) {
+    since = now;  // since this look at the latest
+    seen_mark = mark;
+    return false;
+  }
+  return now - since >= age;
+}
+
+bool netpoll_overdue(p* pp, std::int64_t now, std::int64_t age) {
+  if (g_kind != netpoll_backend::uring) return false;
+  ring_state* r = ring_of(pp);
+  const bool submit = seen_stuck(r->sq_queued.load(std::memory_order_relaxed),
+                                 r->sq_submits.load(std::memory_order_relaxed), now, age,
+                                 r->sq_seen_since, r->sq_seen_submits);
+  if (submit) r->flush_wanted.store(true, std::memory_order_relaxed);
+  const unsigned head = r->ring.cq_head();
+  const bool read =
+      seen_stuck(r->ring.cq_tail() != head, head, now, age, r->cq_seen_since, r->cq_seen_head);
+  return submit || read;
+}
 
 void netpoll_sysmon(std::int64_t now) {
   if (g_kind != netpoll_backend::uring || !netpoll_has_waiters()) return;

@@ -10,7 +10,9 @@
 // Rings. One io_uring per P. Requests are queued in the P's submission ring
 // and submitted in batches: when the P runs out of goroutines (findrunnable),
 // every few schedules while it stays busy, and before it goes idle, so that a
-// busy server makes one io_uring_enter for many requests. Completions are
+// busy server makes one io_uring_enter for many requests; a P whose goroutine
+// computes for long is made to submit, and to read its completions, within
+// a few milliseconds ("Busy Ps" in netpoll.cpp). Completions are
 // read from shared memory at every schedule (no system call) and ready their
 // goroutines in batches. Every ring also signals one eventfd, which the M
 // blocked waiting for work (the poller, see "Timed wait" in proc.cpp) sleeps
@@ -73,7 +75,8 @@ inline bool netpoll_has_waiters() {
   return netpoll_waiters.load(std::memory_order_relaxed) > 0;
 }
 // pp's owner, at every schedule: reap pp's completions; submit its queued
-// requests if `flush` (io_uring only). Returns how many goroutines it readied.
+// requests if `flush`, or if sysmon found them overdue (io_uring only).
+// Returns how many goroutines it readied.
 int netpoll_check_local(p* pp, bool flush);
 // Non-blocking poll (findrunnable, sysmon). Returns goroutines readied.
 int netpoll_poll_now(p* pp);
@@ -96,6 +99,12 @@ void netpoll_break();
 // code without entering the kernel; makes the Ms running goroutines pass
 // through it (once per such episode). See "Task work" in platform/uring.hpp.
 void netpoll_sysmon(std::int64_t now);
+// sysmon, at every look at a running P: true if pp's ring has held requests
+// queued and unsubmitted, or completions posted and unread, since a look at
+// least `age` ago (the P's goroutine has run all that time without a
+// schedule); queued requests are then marked, so that pp's next schedule
+// submits them. See "Busy Ps" in netpoll.cpp.
+bool netpoll_overdue(p* pp, std::int64_t now, std::int64_t age);
 
 // ---- Descriptors (net.cpp) ------------------------------------------------
 struct poll_desc;

@@ -577,13 +577,20 @@ __attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit)
   // queued requests go out every 8th schedule while the P stays busy.
   // (Not while a parking goroutine holds a descriptor lock either: a
   // multishot accept completion takes it. run_pending polls instead.)
+  int io_readied = 0;
   if (netpoll_has_waiters() && !(mp->pending == after_switch::park && mp->pending_unlock)) {
-    netpoll_check_local(pp, (pp->schedtick & 7) == 0);
+    io_readied = netpoll_check_local(pp, (pp->schedtick & 7) == 0);
   }
   // Goroutines stopped asynchronously on this M take turns with the P's
   // queue, so that two CPU hogs on one P alternate. After the timers: with
   // two hogs taking turns the queue is never empty, and timers would starve.
-  if (mp->lockedq_head) {
+  // What the network readied goes first, with whatever was queued before it
+  // (see "Busy Ps" in netpoll.cpp).
+  if (io_readied != 0 && mp->lockedq_head) mp->io_first = pp->runq.size();
+  if (mp->io_first != 0 && !pp->runq.empty()) {
+    --mp->io_first;
+  } else if (mp->lockedq_head) {
+    mp->io_first = 0;
     const bool turn = (mp->lockedtick++ & 1) == 0;
     if (pp->runq.empty()) {
       // Then only the global queue competes (a goroutine back from a blocking

@@ -189,6 +189,9 @@ struct m {
   g* lockedq_head = nullptr;
   g* lockedq_tail = nullptr;
   std::uint32_t lockedtick = 0;
+  // Goroutines of the P's queue that run before lockedq's next turn: those
+  // queued when the network readied some (see "Busy Ps" in netpoll.cpp); owner.
+  std::uint32_t io_first = 0;
   // Parked without a P while lockedq is not empty (Go's stoplockedm), its
   // proxy queued; sched.lock.
   bool lockedwait = false;

@@ -93,6 +93,11 @@ int retake(std::int64_t now, std::int64_t* next_deadline) {
       } else if (std::int64_t when = pp->timers.earliest();
                  when != 0 && when <= now && pp->sysmon_schedwhen + timer_preempt_ns <= now) {
         preemptone(pp);
+      } else if (netpoll_overdue(pp, now, timer_preempt_ns) &&
+                 pp->sysmon_schedwhen + timer_preempt_ns <= now) {
+        // I/O held by a goroutine that computes: the same rule as a due
+        // timer ("Busy Ps" in netpoll.cpp).
+        preemptone(pp);
       }
       *next_deadline = std::min(*next_deadline, pp->sysmon_schedwhen + sched->quantum_ns);
     }
