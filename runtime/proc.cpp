@@ -562,6 +562,19 @@ static void run_due_timers(p* pp) {
 }
 
 __attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit) {
+  if (pp->global_first.load(std::memory_order_relaxed)) {
+    // What sysmon's poll readied, with its share of the global queue; they
+    // run before a stopped hog's next turn (see "Busy Ps" in netpoll.cpp).
+    pp->global_first.store(false, std::memory_order_relaxed);
+    if (sched->runqsize.load(std::memory_order_relaxed) > 0) {
+      std::lock_guard lock(sched->lock);
+      if (g* gp = globrunqget(pp, 0)) {
+        if (mp->lockedq_head) mp->io_first = pp->runq.size();
+        inherit = false;
+        return gp;
+      }
+    }
+  }
   if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 1)) {
@@ -619,7 +632,8 @@ __attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit)
 __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
   if (__builtin_expect(
           (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) ||
-              pp->timers.earliest() != 0 || netpoll_has_waiters() || mp->lockedq_head != nullptr,
+              pp->timers.earliest() != 0 || netpoll_has_waiters() || mp->lockedq_head != nullptr ||
+              pp->global_first.load(std::memory_order_relaxed),
           0)) {
     return pick_local_slow(mp, pp, inherit);
   }

@@ -231,6 +231,10 @@ struct p {
   std::atomic<std::int64_t> gcreated{0};
   std::atomic<std::int64_t> gexited{0};
   int cpu = -1;  // the CPU its M is pinned to, or -1
+  // sysmon put goroutines the network readied on the global queue and asks
+  // this P's next schedule to take them first (see "Busy Ps" in netpoll.cpp);
+  // sysmon sets, the owner clears.
+  std::atomic<bool> global_first{false};
   // sysmon's view (sysmon only).
   std::uint32_t sysmon_schedtick = 0;
   std::int64_t sysmon_schedwhen = 0;

@@ -43,6 +43,33 @@ void preemptone(p* pp) {
 // (golang/go#38860: CPU hogs delayed timers by ~10 ms).
 constexpr std::int64_t timer_preempt_ns = 1'000'000;
 
+// Whether a P has run one goroutine (or one inherited time slice) for
+// timer_preempt_ns or more, as of sysmon's previous look.
+bool some_p_computes(std::int64_t now) {
+  for (p* pp : sched->allp) {
+    if (pp->status.load(std::memory_order_acquire) == pstatus::running &&
+        pp->sysmon_schedwhen + timer_preempt_ns <= now) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// sysmon's poll readied goroutines onto the global queue. An idle P was woken
+// for them if there is one; else the first P whose goroutine has run for
+// timer_preempt_ns is asked to stop and to take them first.
+void run_polled_soon(std::int64_t now) {
+  if (sched->npidle.load(std::memory_order_relaxed) != 0) return;
+  for (p* pp : sched->allp) {
+    if (pp->status.load(std::memory_order_acquire) == pstatus::running &&
+        pp->sysmon_schedwhen + timer_preempt_ns <= now) {
+      pp->global_first.store(true, std::memory_order_relaxed);
+      preemptone(pp);
+      return;
+    }
+  }
+}
+
 // Returns how many Ps were retaken from blocking calls. *next_deadline is
 // lowered to the earliest time a running goroutine's quantum (as sysmon
 // measures it) runs out, so that sysmon can wake right then.
@@ -186,10 +213,19 @@ void sysmon_main() {
     }
 
     std::int64_t now = platform::nanotime();
-    // Nobody has looked at the network for 10 ms (every M busy running
-    // goroutines): look, so that I/O-bound goroutines are not starved.
-    if (netpoll_has_waiters() && !sched->timer_waiter && now - last_poll >= 10'000'000) {
-      netpoll_poll_now(nullptr);
+    // Nobody waits in the poller (every M busy running goroutines): look,
+    // so that I/O-bound goroutines are not starved. Go looks every 10 ms.
+    // With epoll, every millisecond here while a goroutine has computed for
+    // a millisecond or more (a P that schedules often polls by itself), and
+    // what it readies runs within one more ("Busy Ps" in netpoll.cpp). With
+    // io_uring the busy Ps read their own completions (netpoll_overdue, in
+    // retake): taken from them every millisecond instead, the completions'
+    // goroutines went through the global queue and echo lost 10-25%.
+    const std::int64_t poll_every = netpoll_kind() == netpoll_backend::epoll && some_p_computes(now)
+                                        ? timer_preempt_ns
+                                        : 10'000'000;
+    if (netpoll_has_waiters() && !sched->timer_waiter && now - last_poll >= poll_every) {
+      if (netpoll_poll_now(nullptr) > 0) run_polled_soon(now);
       last_poll = now;
     }
     // io_uring task work held by an M that runs without entering the kernel.
