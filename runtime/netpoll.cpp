@@ -274,6 +274,14 @@ ring_state* ring_of(p* pp) {
 // cq_seen_since), by the submission count and completion head it last saw.
 // Rejected: submitting at every park that leaves other goroutines runnable
 // (a system call per request in a busy server, the batching lost).
+//
+// With epoll a write is a system call and goes out at once, but readiness is
+// only seen by a poll: a P polls when it runs out of goroutines, and sysmon
+// when nobody else has for 10 ms (Go's rule), so a reader beside two hogs
+// waited 33-42 ms. While some goroutine has computed for 1 ms, sysmon polls
+// every millisecond instead, puts what it readied on the global queue, and
+// has a P whose goroutine has run that long stop and take them first
+// (p::global_first).
 
 // Submits what is queued. Needs r->sq_mu.
 void submit_locked(ring_state* r) {
