@@ -216,8 +216,9 @@ static void globrunqputbatch(g* head, std::uint32_t n) {
 
 // Takes a fair share of the global queue (len/gomaxprocs + 1, at most max
 // when max > 0, at most half a local ring): returns one, puts the rest in
-// pp's local queue. Needs sched.lock; pp's local queue must have room, which
-// holds because callers come here with an empty local queue or max == 1.
+// pp's local queue. Needs sched.lock. What does not fit in pp's local queue
+// (only possible for the global_first take, which may find it half full)
+// goes back to the global queue.
 static g* globrunqget(p* pp, int max) {
   int size = sched->runqsize.load(std::memory_order_relaxed);
   if (size == 0) return nullptr;
@@ -228,7 +229,7 @@ static g* globrunqget(p* pp, int max) {
   g* gp = sched->runq.pop();
   for (int i = 1; i < n; ++i) {
     auto overflow = pp->runq.put(sched->runq.pop(), false);
-    if (overflow.n) globrunqputbatch(overflow.head, overflow.n);  // cannot happen; safe anyway
+    if (overflow.n) globrunqputbatch(overflow.head, overflow.n);
   }
   globrunq_published();
   return gp;

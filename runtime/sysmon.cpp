@@ -43,30 +43,26 @@ void preemptone(p* pp) {
 // (golang/go#38860: CPU hogs delayed timers by ~10 ms).
 constexpr std::int64_t timer_preempt_ns = 1'000'000;
 
-// Whether a P has run one goroutine (or one inherited time slice) for
-// timer_preempt_ns or more, as of sysmon's previous look.
-bool some_p_computes(std::int64_t now) {
+// The first running P whose goroutine (or inherited time slice) has run for
+// timer_preempt_ns or more, as of sysmon's previous look; nullptr if none.
+p* computing_p(std::int64_t now) {
   for (p* pp : sched->allp) {
     if (pp->status.load(std::memory_order_acquire) == pstatus::running &&
         pp->sysmon_schedwhen + timer_preempt_ns <= now) {
-      return true;
+      return pp;
     }
   }
-  return false;
+  return nullptr;
 }
 
 // sysmon's poll readied goroutines onto the global queue. An idle P was woken
-// for them if there is one; else the first P whose goroutine has run for
+// for them if there is one; else a P whose goroutine has run for
 // timer_preempt_ns is asked to stop and to take them first.
 void run_polled_soon(std::int64_t now) {
   if (sched->npidle.load(std::memory_order_relaxed) != 0) return;
-  for (p* pp : sched->allp) {
-    if (pp->status.load(std::memory_order_acquire) == pstatus::running &&
-        pp->sysmon_schedwhen + timer_preempt_ns <= now) {
-      pp->global_first.store(true, std::memory_order_relaxed);
-      preemptone(pp);
-      return;
-    }
+  if (p* pp = computing_p(now)) {
+    pp->global_first.store(true, std::memory_order_relaxed);
+    preemptone(pp);
   }
 }
 
@@ -221,7 +217,7 @@ void sysmon_main() {
     // io_uring the busy Ps read their own completions (netpoll_overdue, in
     // retake): taken from them every millisecond instead, the completions'
     // goroutines went through the global queue and echo lost 10-25%.
-    const std::int64_t poll_every = netpoll_kind() == netpoll_backend::epoll && some_p_computes(now)
+    const std::int64_t poll_every = netpoll_kind() == netpoll_backend::epoll && computing_p(now)
                                         ? timer_preempt_ns
                                         : 10'000'000;
     if (netpoll_has_waiters() && !sched->timer_waiter && now - last_poll >= poll_every) {
