@@ -74,8 +74,10 @@ class uring {
   unsigned pending() const { return io_uring_sq_ready(&ring_); }
   // Submits everything queued; retries on EINTR. Returns what the kernel took.
   int submit();
-  // Completions waiting, read from shared memory without a system call.
-  unsigned ready() const { return io_uring_cq_ready(&ring_); }
+  // Completions waiting, read from shared memory without a system call; any
+  // thread (liburing's io_uring_cq_ready reads the head with a plain load,
+  // a data race with another thread's advance).
+  unsigned ready() const { return cq_tail() - cq_head(); }
   unsigned peek_batch(io_uring_cqe** cqes, unsigned n);
   // IORING_SQ_TASKRUN: some thread has task work pending for this ring.
   bool taskrun_pending() const {
