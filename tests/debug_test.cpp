@@ -899,17 +899,31 @@ std::vector<std::string> gdb_args(const std::vector<std::string>& target,
   return a;
 }
 
-// The debug_helper `park` goroutines: 2 on a channel, 3 asleep, 4 on a mutex,
-// 5 spinning (see tests/debug_helper.cpp).
+// The debug_helper `park` goroutines: one on a channel, one asleep, one on a
+// mutex, one spinning (see tests/debug_helper.cpp), besides main (1). Their
+// ids come from per-P batches: 2..5 unless main moved to the other P between
+// two of its go statements, so the listing is searched by function.
 void expect_goroutine_listing(const std::string& out) {
-  EXPECT_TRUE(re_search(out, "\n *2 +waiting +chan receive +debug_helper_park_recv")) << out;
-  EXPECT_TRUE(re_search(out, "\n *3 +waiting +sleep +debug_helper_park_sleep")) << out;
-  EXPECT_TRUE(re_search(out, "\n *4 +waiting +sync.Mutex.Lock +debug_helper_park_mutex")) << out;
-  // main waits on a channel too; 5 spins (running, or runnable just after
-  // a preemption). '*' marks the goroutine of gdb's selected thread.
+  EXPECT_TRUE(re_search(out, "\n *[0-9]+ +waiting +chan receive +debug_helper_park_recv")) << out;
+  EXPECT_TRUE(re_search(out, "\n *[0-9]+ +waiting +sleep +debug_helper_park_sleep")) << out;
+  EXPECT_TRUE(re_search(out, "\n *[0-9]+ +waiting +sync.Mutex.Lock +debug_helper_park_mutex"))
+      << out;
+  // main waits on a channel too; the spinner is running, or runnable just
+  // after a preemption. '*' marks the goroutine of gdb's selected thread.
   EXPECT_TRUE(re_search(out, "\n[* ]*1 +waiting +chan receive ")) << out;
-  EXPECT_TRUE(re_search(out, "\n[* ]*5 +(running|runnable)")) << out;
+  EXPECT_TRUE(re_search(out, "\n[* ]*[0-9]+ +(running|runnable)[^\n]* debug_helper_")) << out;
 }
+
+// The id `info goroutines` shows on the row that matches `row` (a regular
+// expression for what follows the id), or "?" if there is none.
+std::string listed_goid(const std::string& listing, const std::string& row) {
+  std::string id;
+  if (!re_search(listing, ("\n[* ]*([0-9]+) +" + row).c_str(), &id)) return "?";
+  return id;
+}
+
+constexpr const char* parked_row = "waiting +chan receive +debug_helper_park_recv";
+constexpr const char* spinner_row = "(running|runnable)[^\n]* debug_helper_";
 
 void expect_parked_backtrace(const std::string& out) {
   // The goroutine's frames, innermost first, down to the goroutine entry.
@@ -923,9 +937,12 @@ TEST(Gdb, InfoGoroutinesAndBacktraceOnALiveProcess) {
   std::string helper = std::getenv("URGE_DEBUG_HELPER");
   child_result gdb_run;
   child_result r = run_program({helper, "park"}, "ready", [&](pid_t pid) {
-    gdb_run =
-        run_program(gdb_args({"-p", std::to_string(pid)}, {"info goroutines", "goroutine 2 bt",
-                                                           "echo ==g5==\\n", "goroutine 5 bt"}));
+    const std::string target = std::to_string(pid);
+    child_result listing = run_program(gdb_args({"-p", target}, {"info goroutines"}));
+    gdb_run = run_program(
+        gdb_args({"-p", target},
+                 {"info goroutines", "goroutine " + listed_goid(listing.out, parked_row) + " bt",
+                  "echo ==g5==\\n", "goroutine " + listed_goid(listing.out, spinner_row) + " bt"}));
     kill(pid, SIGKILL);
   });
   ASSERT_FALSE(r.timed_out);
@@ -941,8 +958,8 @@ TEST(Gdb, InfoGoroutinesAndBacktraceOnALiveProcess) {
   expect_goroutine_listing(out);
   std::string g2 = out.substr(0, out.find("==g5=="));
   expect_parked_backtrace(g2);
-  // Goroutine 5 spins: running on a thread (shown from that thread), or
-  // just preempted (shown from its saved context); either way in its function.
+  // The spinner: running on a thread (shown from that thread), or just
+  // preempted (shown from its saved context); either way in its function.
   std::string g5 = out.substr(std::min(out.size(), out.find("==g5==")));
   EXPECT_NE(g5.find("debug_helper_busy"), std::string::npos) << out << gdb_run.err;
   // The thread's own registers are untouched: gdb detached cleanly.
@@ -983,8 +1000,10 @@ TEST(Gdb, InfoGoroutinesAndBacktraceOnACoreFile) {
     remove_tree(dir);
     GTEST_SKIP() << "no core file written (kernel.core_pattern is \"" << p << "\")";
   }
-  child_result gdb_run =
-      run_program(gdb_args({helper, core}, {"info goroutines", "goroutine 2 bt"}));
+  child_result listing = run_program(gdb_args({helper, core}, {"info goroutines"}));
+  child_result gdb_run = run_program(
+      gdb_args({helper, core},
+               {"info goroutines", "goroutine " + listed_goid(listing.out, parked_row) + " bt"}));
   expect_goroutine_listing(gdb_run.out);
   expect_parked_backtrace(gdb_run.out);
   EXPECT_EQ(gdb_run.err.find("Traceback"), std::string::npos) << gdb_run.err;
