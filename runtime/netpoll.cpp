@@ -885,8 +885,9 @@ int netpoll_block(std::int64_t timeout_ns, glist& out) {
 // the 4 ms tick that bounds the wait otherwise.
 constexpr std::int64_t task_work_stuck_ns = 200'000;
 
-// One of overdue's watches: since when sysmon has seen `busy` hold with
-// `mark` unchanged (0 and false while !busy).
+// sysmon's watch on a ring (overdue requests and completions, task work held
+// back): true once `busy` has held, with `mark` unchanged, since a look at
+// least `age` ago; `since` is when that look was (0 while !busy).
 static bool seen_stuck(bool busy, unsigned mark, std::int64_t now, std::int64_t age,
                        std::int64_t& since, unsigned& seen_mark) {
   if (!busy) {
@@ -919,17 +920,15 @@ void netpoll_sysmon(std::int64_t now) {
   bool stuck = false;
   for (auto& r : g_rings) {
     if (!r->ring.coop()) return;  // the kernel interrupts the thread itself
-    const unsigned tail = r->ring.cq_tail();
-    if (!r->ring.taskrun_pending()) {
-      r->pending_since = 0;
-    } else if (r->pending_since == 0 || tail != r->seen_tail) {
-      r->pending_since = now;  // a new episode
-      r->kicked = false;
-    } else if (!r->kicked && now - r->pending_since >= task_work_stuck_ns) {
-      r->kicked = true;  // once: if that was not enough, the tick will do
-      stuck = true;
+    if (seen_stuck(r->ring.taskrun_pending(), r->ring.cq_tail(), now, task_work_stuck_ns,
+                   r->pending_since, r->seen_tail)) {
+      if (!r->kicked) {
+        r->kicked = true;  // once: if that was not enough, the tick will do
+        stuck = true;
+      }
+    } else if (r->pending_since == now) {
+      r->kicked = false;  // dated just now: a new episode
     }
-    r->seen_tail = tail;
   }
   if (!stuck) return;
   // Whose work it is nobody knows: each request's submitter, and a P's ring

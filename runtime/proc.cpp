@@ -217,8 +217,8 @@ static void globrunqputbatch(g* head, std::uint32_t n) {
 // Takes a fair share of the global queue (len/gomaxprocs + 1, at most max
 // when max > 0, at most half a local ring): returns one, puts the rest in
 // pp's local queue. Needs sched.lock. What does not fit in pp's local queue
-// (only possible for the global_first take, which may find it half full)
-// goes back to the global queue.
+// (only possible for take_polled_first, which may find it half full) goes
+// back to the global queue.
 static g* globrunqget(p* pp, int max) {
   int size = sched->runqsize.load(std::memory_order_relaxed);
   if (size == 0) return nullptr;
@@ -563,19 +563,6 @@ static void run_due_timers(p* pp) {
 }
 
 __attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit) {
-  if (pp->global_first.load(std::memory_order_relaxed)) {
-    // What sysmon's poll readied, with its share of the global queue; they
-    // run before a stopped hog's next turn (see "Busy Ps" in netpoll.cpp).
-    pp->global_first.store(false, std::memory_order_relaxed);
-    if (sched->runqsize.load(std::memory_order_relaxed) > 0) {
-      std::lock_guard lock(sched->lock);
-      if (g* gp = globrunqget(pp, 0)) {
-        if (mp->lockedq_head) mp->io_first = pp->runq.size();
-        inherit = false;
-        return gp;
-      }
-    }
-  }
   if (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     std::lock_guard lock(sched->lock);
     if (g* gp = globrunqget(pp, 1)) {
@@ -633,8 +620,7 @@ __attribute__((noinline)) static g* pick_local_slow(m* mp, p* pp, bool& inherit)
 __attribute__((always_inline)) inline static g* pick_local(m* mp, p* pp, bool& inherit) {
   if (__builtin_expect(
           (pp->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) ||
-              pp->timers.earliest() != 0 || netpoll_has_waiters() || mp->lockedq_head != nullptr ||
-              pp->global_first.load(std::memory_order_relaxed),
+              pp->timers.earliest() != 0 || netpoll_has_waiters() || mp->lockedq_head != nullptr,
           0)) {
     return pick_local_slow(mp, pp, inherit);
   }
@@ -861,8 +847,29 @@ __attribute__((always_inline)) inline static m* switch_away(g* gp, m* mp, after_
   return switch_away_as<false>(gp, mp, act, f, arg);
 }
 
+// sysmon's poll readied goroutines onto the global queue and asked this
+// P's goroutine to stop for them (p::global_first; see "Busy Ps" in
+// netpoll.cpp): the switch that stop makes runs them first, before a stopped
+// hog's next turn. Called on the two preemption paths only, so that no other
+// switch pays for the test.
+static void take_polled_first(m* mp) {
+  p* pp = mp->curp;
+  if (!pp || !pp->global_first.load(std::memory_order_relaxed)) return;
+  pp->global_first.store(false, std::memory_order_relaxed);
+  if (sched->runqsize.load(std::memory_order_relaxed) == 0) return;
+  g* gp;
+  {
+    std::lock_guard lock(sched->lock);
+    gp = globrunqget(pp, 0);
+  }
+  if (!gp) return;
+  runqput(pp, gp, true);  // runnext: the switch picks it
+  if (mp->lockedq_head) mp->io_first = pp->runq.size();
+}
+
 void gopark_locked_to_m() {
   g* gp = getg();
+  take_polled_first(gp->curm);
   URGE_USDT(go_preempt, gp->goid, 1);  // traced by switch_away
   switch_away(gp, gp->curm, after_switch::ready_locked);
 }
@@ -962,6 +969,7 @@ __attribute__((noinline)) void goready(g* gp, bool next) {
 }
 
 static void gosched_global(g* gp) {
+  take_polled_first(gp->curm);
   URGE_USDT(go_preempt, gp->goid, 0);  // traced by switch_away
   switch_away(gp, gp->curm, after_switch::ready_global);
 }

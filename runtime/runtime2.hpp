@@ -232,8 +232,8 @@ struct p {
   std::atomic<std::int64_t> gexited{0};
   int cpu = -1;  // the CPU its M is pinned to, or -1
   // sysmon put goroutines the network readied on the global queue and asks
-  // this P's next schedule to take them first (see "Busy Ps" in netpoll.cpp);
-  // sysmon sets, the owner clears.
+  // the preemption it requests from this P to take them first (see
+  // take_polled_first in proc.cpp); sysmon sets, the owner clears.
   std::atomic<bool> global_first{false};
   // sysmon's view (sysmon only).
   std::uint32_t sysmon_schedtick = 0;
