@@ -315,14 +315,20 @@ TEST_P(OffSwitch, DecidesWhetherANoCallLoopHoldsTheP) {
   const bool on = mode == switch_mode::on;
   urge::run(cfg, [on] {
     const urge::sched_stats before = urge::stats();
-    std::atomic<bool> ran{false};
-    urge::go([&] { ran.store(true, std::memory_order_relaxed); });
+    std::atomic<bool> ran{false}, in_loop{false};
+    // It counts only once main is in the loop: on a slow machine (qemu) a
+    // cooperative request made before the loop can stop main at go() itself.
+    urge::go([&] {
+      while (!in_loop.load(std::memory_order_relaxed)) urge::yield();
+      ran.store(true, std::memory_order_relaxed);
+    });
     // Off: 50 ms are 50 quanta, plenty for a preemption that should not
     // come. On: until the other goroutine ran, within a generous limit.
     const clk::duration limit = on ? tolerance(5s) : 50ms;
     bool ran_during_loop = false;
     const clk::time_point t0 = clk::now();
     clk::duration loop_time{};
+    in_loop.store(true, std::memory_order_relaxed);
     for (;;) {
       loop_time = clk::now() - t0;
       if (ran.load(std::memory_order_relaxed)) {
