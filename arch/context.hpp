@@ -248,12 +248,12 @@ inline void* switch_context(context& from, context& to, void* transfer) {
   register void* load asm("rsi") = to.sp;
   register void* xfer asm("rdx") = transfer;
   asm volatile(
-      "subq    $128, %%rsp\n\t"             // step over the red zone
-      "leaq    1f(%%rip), %%rcx\n\t"        // where this context resumes
-      "pushq   %%rcx\n\t"                   // as a call would push it
-      "jmp     urge_context_switch\n"       // but leaving the return stack alone
+      "subq    $128, %%rsp\n\t"        // step over the red zone
+      "leaq    1f(%%rip), %%rcx\n\t"   // where this context resumes
+      "pushq   %%rcx\n\t"              // as a call would push it
+      "jmp     urge_context_switch\n"  // but leaving the return stack alone
       "1:\n\t"
-      "addq    $128, %%rsp"                  // back from the switch that resumed us
+      "addq    $128, %%rsp"  // back from the switch that resumed us
       : "=a"(r), "+D"(save), "+S"(load), "+d"(xfer)
       :
       // What a call may change: the ABI's caller-saved registers.

@@ -11,6 +11,8 @@
         .text
 
 /* void* urge_context_switch(void** save_sp, void* load_sp, void* transfer)
+ * Reached by call (exit_to_context) or by push of the return address and jmp
+ * (switch_context); either way the return address is at (%rsp) on entry.
  *   rdi: where to store the current stack pointer
  *   rsi: the stack pointer of the context to resume (a frame of this layout)
  *   rdx: a value handed to the resumed context as this call's return value
@@ -82,7 +84,10 @@ urge_context_switch:
         movq    %rdx, %rax                /* the transfer value is the return value */
         /* Return with pop + indirect jump, not ret: the return-stack predictor
          * expects a return to our caller, and after a switch it never is, so
-         * ret mispredicts every time (measured: 22 ns vs 11 ns a round trip). */
+         * ret mispredicts every time (measured: 22 ns vs 11 ns a round trip).
+         * The C++ side enters with push and jmp rather than call, so that no
+         * return-stack entry is left behind either (see "Entering the switch
+         * without a call" in arch/context.hpp). */
         popq    %rcx                      /* the new context's saved rip; rcx is caller-saved */
         .cfi_adjust_cfa_offset -8
         .cfi_register %rip, %rcx
