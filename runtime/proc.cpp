@@ -775,6 +775,10 @@ __attribute__((noinline)) static void resumed(m* back) {
 // go_start of the one it picks: one test of the flag per switch, and none of
 // the recording code in the hot copy (see "Tracing off" in trace.hpp).
 template <bool traced>
+__attribute__((always_inline)) inline static m* switch_to_as(g* gp, m* mp, after_switch act,
+                                                             g* next, bool inherit);
+
+template <bool traced>
 __attribute__((always_inline)) inline static m* switch_away_as(g* gp, m* mp, after_switch act,
                                                                unlock_fn f, void* arg) {
   ++preempt_off;
@@ -801,11 +805,19 @@ __attribute__((always_inline)) inline static m* switch_away_as(g* gp, m* mp, aft
   mp->pending_g = gp;
   mp->pending_unlock = f;
   mp->pending_arg = arg;
-  if (!platform::canary_intact(gp->stk)) platform::report_stack_overflow(gp->stk, gp->stk.lo - 8);
   p* pp = mp->curp;
   g* next = nullptr;
   bool inherit = false;
   if (pp && !sched->stopping.load(std::memory_order_relaxed)) next = pick_local(mp, pp, inherit);
+  return switch_to_as<traced>(gp, mp, act, next, inherit);
+}
+
+// switch_away's second half: gp leaves for next, picked already (nullptr:
+// for g0). Called with preempt_off raised and mp->pending set.
+template <bool traced>
+__attribute__((always_inline)) inline static m* switch_to_as(g* gp, m* mp, after_switch act,
+                                                             g* next, bool inherit) {
+  if (!platform::canary_intact(gp->stk)) platform::report_stack_overflow(gp->stk, gp->stk.lo - 8);
   if (__builtin_expect(next && next->lockedm, 0)) {
     // Another M's proxy: g0 hands the P over (see "Stopped goroutines and
     // their threads").
@@ -814,7 +826,7 @@ __attribute__((always_inline)) inline static m* switch_away_as(g* gp, m* mp, aft
   }
   arch::context* to;
   if (next) {
-    prepare_execute(mp, pp, next, inherit, /*switching=*/true, traced);
+    prepare_execute(mp, mp->curp, next, inherit, /*switching=*/true, traced);
     to = &next->ctx;
   } else {
     mp->curg.store(nullptr, std::memory_order_relaxed);
@@ -1964,6 +1976,13 @@ static bool steal_for_yield(m* mp, p* pp) {
   return false;
 }
 
+__attribute__((noinline)) static void yield_traced(g* gp, m* mp, g* next, bool inherit) {
+  switch_to_as<true>(gp, mp, after_switch::ready_local, next, inherit);
+}
+
+// yield picks the next goroutine before it commits to a switch: finding
+// nothing (a goroutine alone on its P) costs no switch, and finding one, the
+// common case, costs one look at the queues instead of two.
 void yield() {
   g* gp = getg();
   if (!gp) {
@@ -1973,15 +1992,32 @@ void yield() {
   gp->preempt.store(false, std::memory_order_relaxed);
   m* mp = gp->curm;
   p* pp = mp->curp;
-  // Nothing else to run here and nothing due: yielding would switch to g0 and
-  // straight back. Goroutines stopped asynchronously on this M count: a
-  // goroutine yielding in a loop would otherwise starve them for good.
-  if (pp->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0 &&
-      !mp->lockedq_head) {
-    std::int64_t when = pp->timers.earliest();
-    if ((when == 0 || when > platform::nanotime()) && !steal_for_yield(mp, pp)) return;
+  ++preempt_off;
+  bool inherit = false;
+  g* next = nullptr;
+  if (!sched->stopping.load(std::memory_order_relaxed)) {
+    // Runs this P's due timers and gives stopped goroutines their turns
+    // (see pick_local), as any switch does.
+    next = pick_local(mp, pp, inherit);
+    // Nothing here: the global queue is g0's to look at; failing that, a
+    // share of another P's queue; failing that, go on.
+    if (!next && sched->runqsize.load(std::memory_order_relaxed) == 0) {
+      if (!steal_for_yield(mp, pp)) {
+        --preempt_off;
+        return;
+      }
+      next = pp->runq.get(inherit);
+    }
   }
-  switch_away(gp, mp, after_switch::ready_local);
+  mp->pending = after_switch::ready_local;
+  mp->pending_g = gp;
+  mp->pending_unlock = nullptr;
+  mp->pending_arg = nullptr;
+  if (URGE_TRACE_ENABLED()) {
+    yield_traced(gp, mp, next, inherit);
+  } else {
+    switch_to_as<false>(gp, mp, after_switch::ready_local, next, inherit);
+  }
 }
 
 namespace {
