@@ -20,6 +20,9 @@
 // Go, and so do the ones after it until that list has drained (pop takes the
 // chunks' older goroutines first): nothing is lost and the order is kept.
 //
+// The global list of dead Gs uses the same storage, for the same reason (see
+// "Free Gs" in proc.cpp); there the order does not matter.
+//
 // Templated on the goroutine type, like run_queue, so that tests can drive it
 // with plain structs (G must have a `G* schedlink` member), and on where
 // chunks come from, so that tests can refuse them.

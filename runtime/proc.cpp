@@ -1383,28 +1383,42 @@ static void goroutine_entry(void* arg, void* transfer) {
 // The cost: a parked goroutine now holds its G (240 bytes: see g_closure_room)
 // besides its stack page, where the G used to share the page.
 
+// Free Gs
+// --------
+// A dead G waits for reuse on its P's free list, newest last; a P with too
+// many moves its oldest half to the global list, and a P with none takes a
+// batch from there (Go's gFree lists and their sizes). Both lists are arrays
+// of pointers, not lists linked through the Gs as in Go: in a spawning loop
+// the Gs die on the Ps that stole them and come back to the spawner through
+// the global list, and by then they sit in another CPU's cache. Refilling a
+// linked list reads each G's link to find the next, 32 misses one after the
+// other under gfree_lock (40% of the spawner's time at two Ps, and the
+// freeing P waited for the lock meanwhile). An array moves pointers, and a G
+// is first touched when allocg writes it, where the next one to be reused is
+// known and prefetched.
+//
+// The global list is a global_run_queue (an array in chunks, with a list
+// through schedlink when a chunk cannot be allocated): it is used for its
+// storage, not its order.
+
 namespace {
-// The global list of dead Gs (Go's sched.gFree), and the allocation of new
-// ones. Gs outlive run() (allgs is for the life of the process), so these are
-// not part of schedt.
+// Gs outlive run() (allgs is for the life of the process), so these are not
+// part of schedt.
 futex_mutex gfree_lock;
-g* gfree_global = nullptr;  // gfree_lock
-int gfree_global_n = 0;     // gfree_lock
+global_run_queue<g> gfree_global;  // gfree_lock
 
-constexpr int gfree_local_max = 64;  // a P keeps at most this many (Go: 64)
-constexpr int gfree_batch = 32;      // moved between a P and the global list at once
-constexpr int galloc_block = 64;     // Gs allocated at once (13 KiB)
+constexpr int gfree_batch = p::gfree_max / 2;  // moved between a P and the global list at once
+constexpr int galloc_block = 64;               // Gs allocated at once (15 KiB)
 
-// Allocates a block of Gs, puts them on allgs and returns them linked by
-// schedlink. Needs gfree_lock (for the allgs push only: allgs is read lock-free).
-g* galloc_block_locked() {
+// Allocates a block of Gs, puts them on allgs and on the global free list.
+// Needs gfree_lock.
+void galloc_block_locked() {
   auto* block =
       static_cast<g*>(::operator new (sizeof(g) * galloc_block, std::align_val_t{alignof(g)}));
   for (int i = 0; i < galloc_block; ++i) {
     g* gp = new (&block[i]) g;
     gp->magic = g_magic;
     gp->status.store(gstatus::dead, std::memory_order_relaxed);
-    gp->schedlink = i + 1 < galloc_block ? &block[i + 1] : nullptr;
     gp->alllink = i + 1 < galloc_block ? &block[i + 1] : nullptr;
   }
   g* head = allgs_head.load(std::memory_order_relaxed);
@@ -1412,37 +1426,36 @@ g* galloc_block_locked() {
     block[galloc_block - 1].alllink = head;
   } while (!allgs_head.compare_exchange_weak(head, &block[0], std::memory_order_release,
                                              std::memory_order_relaxed));
-  return &block[0];
+  for (int i = galloc_block; i-- > 0;) gfree_global.put(&block[i]);
+}
+
+// Asks for the lines of the G that gfget hands out next, which allocg will
+// write whole.
+inline void prefetch_g(const g* gp) {
+  const char* bytes = reinterpret_cast<const char*>(gp);
+  for (std::size_t off = 0; off < sizeof(g); off += 64) __builtin_prefetch(bytes + off, 1);
 }
 }  // namespace
 
 // A dead G for reuse: the P's list, refilled from the global list or a new
 // block (Go's gfget).
 static g* gfget(p* pp) {
-  if (pp && pp->gfree) {
-    g* gp = pp->gfree;
-    pp->gfree = gp->schedlink;
-    pp->gfreecnt--;
+  if (pp && pp->gfreecnt > 0) {
+    g* gp = pp->gfree[--pp->gfreecnt];
+    if (pp->gfreecnt > 0) prefetch_g(pp->gfree[pp->gfreecnt - 1]);
     return gp;
   }
   std::lock_guard lock(gfree_lock);
-  if (!gfree_global) {
-    gfree_global = galloc_block_locked();
-    gfree_global_n = galloc_block;
-  }
-  g* gp = gfree_global;
-  gfree_global = gp->schedlink;
-  gfree_global_n--;
+  if (gfree_global.size() == 0) galloc_block_locked();
+  g* gp = gfree_global.pop();
   if (pp) {
     // Refill the P's list with a batch, so that the lock is taken once for it.
-    for (int i = 0; i < gfree_batch && gfree_global; ++i) {
-      g* g2 = gfree_global;
-      gfree_global = g2->schedlink;
-      gfree_global_n--;
-      g2->schedlink = pp->gfree;
-      pp->gfree = g2;
-      pp->gfreecnt++;
+    while (pp->gfreecnt < gfree_batch) {
+      g* g2 = gfree_global.pop();
+      if (!g2) break;
+      pp->gfree[pp->gfreecnt++] = g2;
     }
+    if (pp->gfreecnt > 0) prefetch_g(pp->gfree[pp->gfreecnt - 1]);
   }
   return gp;
 }
@@ -1450,36 +1463,25 @@ static g* gfget(p* pp) {
 // Puts a dead G on pp's free list, or the global one (Go's gfput).
 static void gfput(p* pp, g* gp) {
   if (pp) {
-    gp->schedlink = pp->gfree;
-    pp->gfree = gp;
-    if (++pp->gfreecnt <= gfree_local_max) return;
-    // Too many: move a batch to the global list, for other Ps.
-    std::lock_guard lock(gfree_lock);
-    while (pp->gfreecnt > gfree_local_max - gfree_batch) {
-      g* g2 = pp->gfree;
-      pp->gfree = g2->schedlink;
-      pp->gfreecnt--;
-      g2->schedlink = gfree_global;
-      gfree_global = g2;
-      gfree_global_n++;
+    if (pp->gfreecnt == p::gfree_max) {
+      // Full: the oldest half goes to the global list, for other Ps.
+      std::lock_guard lock(gfree_lock);
+      for (int i = 0; i < gfree_batch; ++i) gfree_global.put(pp->gfree[i]);
+      std::memmove(pp->gfree, pp->gfree + gfree_batch,
+                   sizeof(g*) * static_cast<std::size_t>(p::gfree_max - gfree_batch));
+      pp->gfreecnt -= gfree_batch;
     }
+    pp->gfree[pp->gfreecnt++] = gp;
     return;
   }
   std::lock_guard lock(gfree_lock);
-  gp->schedlink = gfree_global;
-  gfree_global = gp;
-  gfree_global_n++;
+  gfree_global.put(gp);
 }
 
 // At shutdown: pp's free Gs go to the global list (Ps do not outlive run()).
 static void gfpurge(p* pp) {
   std::lock_guard lock(gfree_lock);
-  while (g* gp = pp->gfree) {
-    pp->gfree = gp->schedlink;
-    gp->schedlink = gfree_global;
-    gfree_global = gp;
-    gfree_global_n++;
-  }
+  for (int i = 0; i < pp->gfreecnt; ++i) gfree_global.put(pp->gfree[i]);
   pp->gfreecnt = 0;
 }
 
@@ -1923,7 +1925,11 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   }
   trace_stop();  // after the joins: no M may still be writing to a trace buffer
   // Abandon the goroutines still alive: their stacks go back to the pool,
-  // their destructors never run (as Go's goroutines end with main).
+  // their destructors never run (as Go's goroutines end with main). Their Gs
+  // are not reused: a closure kept in the G (closure_room) stays as it was, so
+  // that what it holds is still reachable, as in a process that exits here,
+  // and a leak checker does not report it. (Reusing the G overwrote the
+  // closure, or not, depending on the order of the free lists.)
   for (p* pp : sched->allp) {
     pp->stackcache.flush(*sched->stacks);
     gfpurge(pp);
@@ -1934,7 +1940,6 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
       arch::destroy_context(gp->ctx);
       gp->status.store(gstatus::dead, std::memory_order_release);
       sched->stacks->release(gp->stk);
-      gfput(nullptr, gp);
     }
   }
   const bool deadlock = sched->deadlock;

@@ -218,8 +218,11 @@ struct p {
   run_queue<g> runq;
   timer_heap timers;
   platform::stack_cache stackcache;  // owner
-  g* gfree = nullptr;                // dead Gs to reuse (Go's p.gFree); owner
-  int gfreecnt = 0;                  // owner
+  // Dead Gs to reuse (Go's p.gFree), newest last; see "Free Gs" in proc.cpp.
+  // Owner.
+  static constexpr int gfree_max = 64;
+  g* gfree[gfree_max] = {};
+  int gfreecnt = 0;
   // Goroutine ids to hand out, [goidcache, goidcacheend): taken from
   // sched.next_goid goid_batch at a time (Go's goidcache); owner.
   std::uint64_t goidcache = 0;
