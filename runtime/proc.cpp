@@ -1380,7 +1380,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 // malloc and free per goroutine; such closures go on the top of the reserved
 // stack, which is then bound at once (the old scheme).
 //
-// The cost: a parked goroutine now holds its G (240 bytes: see g_closure_room)
+// The cost: a parked goroutine now holds its G (256 bytes: see g_closure_room)
 // besides its stack page, where the G used to share the page.
 
 // Free Gs
@@ -1408,7 +1408,7 @@ futex_mutex gfree_lock;
 global_run_queue<g> gfree_global;  // gfree_lock
 
 constexpr int gfree_batch = p::gfree_max / 2;  // moved between a P and the global list at once
-constexpr int galloc_block = 64;               // Gs allocated at once (15 KiB)
+constexpr int galloc_block = 64;               // Gs allocated at once (16 KiB)
 
 // Allocates a block of Gs, puts them on allgs and on the global free list.
 // Needs gfree_lock.
