@@ -21,7 +21,8 @@
 // chunks' older goroutines first): nothing is lost and the order is kept.
 //
 // The global list of dead Gs uses the same storage, for the same reason (see
-// "Free Gs" in proc.cpp); there the order does not matter.
+// "Free Gs" in proc.cpp), and takes from the other end (pop_newest): the Gs
+// freed last are the likeliest to be in a cache still.
 //
 // Templated on the goroutine type, like run_queue, so that tests can drive it
 // with plain structs (G must have a `G* schedlink` member), and on where
@@ -43,7 +44,7 @@ struct heap_chunks {
 template <class G, class Chunks = heap_chunks>
 class global_run_queue {
  public:
-  static constexpr std::uint32_t chunk_slots = 254;  // a chunk is 2 KiB
+  static constexpr std::uint32_t chunk_slots = 253;  // a chunk is 2 KiB
 
   global_run_queue() = default;
   global_run_queue(const global_run_queue&) = delete;
@@ -79,24 +80,42 @@ class global_run_queue {
           c->head = c->tail = 0;
         } else {
           first_ = c->next;
+          first_->prev = nullptr;
           release(c);
         }
       }
       --size_;
       return gp;
     }
-    if (G* gp = fallback_head_) {
-      fallback_head_ = gp->schedlink;
-      if (!fallback_head_) fallback_tail_ = nullptr;
-      --size_;
-      return gp;
+    return pop_fallback();
+  }
+
+  // Removes and returns the newest goroutine, or nullptr when empty: LIFO
+  // where pop is FIFO. The fallback list, if any, goes first (it holds the
+  // newest), from its oldest end: a list linked one way cannot give its
+  // newest, and it only exists while memory is short.
+  G* pop_newest() {
+    if (fallback_head_) return pop_fallback();
+    chunk* c = last_;
+    if (!c || c->head == c->tail) return nullptr;  // only a lone last chunk is ever empty
+    G* gp = c->slots[--c->tail];
+    if (c->head == c->tail) {
+      if (c == first_) {
+        c->head = c->tail = 0;
+      } else {
+        last_ = c->prev;
+        last_->next = nullptr;
+        release(c);
+      }
     }
-    return nullptr;
+    --size_;
+    return gp;
   }
 
  private:
   struct chunk {
-    chunk* next = nullptr;
+    chunk* next = nullptr;   // toward last_
+    chunk* prev = nullptr;   // toward first_
     std::uint32_t head = 0;  // slots [head, tail) are queued
     std::uint32_t tail = 0;
     G* slots[chunk_slots];
@@ -113,6 +132,7 @@ class global_run_queue {
       c = new (mem) chunk;
     }
     c->next = nullptr;
+    c->prev = last_;
     c->head = c->tail = 0;
     (last_ ? last_->next : first_) = c;
     last_ = c;
@@ -125,6 +145,15 @@ class global_run_queue {
     } else {
       spare_ = c;
     }
+  }
+
+  G* pop_fallback() {
+    G* gp = fallback_head_;
+    if (!gp) return nullptr;
+    fallback_head_ = gp->schedlink;
+    if (!fallback_head_) fallback_tail_ = nullptr;
+    --size_;
+    return gp;
   }
 
   void put_fallback(G* gp) {

@@ -1398,8 +1398,9 @@ static void goroutine_entry(void* arg, void* transfer) {
 // known and prefetched.
 //
 // The global list is a global_run_queue (an array in chunks, with a list
-// through schedlink when a chunk cannot be allocated): it is used for its
-// storage, not its order.
+// through schedlink when a chunk cannot be allocated) taken from its newest
+// end, like the Ps' lists: the Gs freed last are the likeliest to be in a
+// cache (FIFO made skynet at one P 8% slower).
 
 namespace {
 // Gs outlive run() (allgs is for the life of the process), so these are not
@@ -1447,11 +1448,11 @@ static g* gfget(p* pp) {
   }
   std::lock_guard lock(gfree_lock);
   if (gfree_global.size() == 0) galloc_block_locked();
-  g* gp = gfree_global.pop();
+  g* gp = gfree_global.pop_newest();
   if (pp) {
     // Refill the P's list with a batch, so that the lock is taken once for it.
     while (pp->gfreecnt < gfree_batch) {
-      g* g2 = gfree_global.pop();
+      g* g2 = gfree_global.pop_newest();
       if (!g2) break;
       pp->gfree[pp->gfreecnt++] = g2;
     }

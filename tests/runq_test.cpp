@@ -504,4 +504,66 @@ TEST(GlobalRunQueue, RefusedChunkLosesNothingAndKeepsTheOrder) {
   EXPECT_EQ(test_chunks::live, 0) << "chunks leaked";
 }
 
+// pop_newest (the free-G list's end): LIFO across chunk boundaries, mixed
+// with pop from the other end, emptied chunks let go from either end.
+TEST(GlobalRunQueue, PopNewestIsLifoAcrossChunksAndMixesWithPop) {
+  test_chunks::refuse = false;
+  test_chunks::live = 0;
+  {
+    global_queue q;
+    EXPECT_EQ(q.pop_newest(), nullptr);
+    auto items = make_items(3 * kChunk + 7);
+    for (auto& it : items) q.put(it.get());
+    EXPECT_EQ(test_chunks::live, 4);
+    // Down past two chunk boundaries from the newest end...
+    std::vector<int> got;
+    for (int i = 0; i < 2 * kChunk + 10; ++i) got.push_back(q.pop_newest()->id);
+    std::vector<int> want;
+    for (int id = 3 * kChunk + 6; id >= kChunk - 3; --id) want.push_back(id);
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(test_chunks::live, 2) << "three emptied chunks: two freed, one kept as the spare";
+    // ...while the oldest are still first at the other end.
+    EXPECT_EQ(q.pop()->id, 0);
+    EXPECT_EQ(q.size(), static_cast<std::size_t>(kChunk - 4));
+    // Growing again uses the spare and keeps both ends right.
+    for (int i = 0; i < kChunk; ++i) q.put(items[static_cast<std::size_t>(i)].get());
+    EXPECT_EQ(q.pop_newest()->id, kChunk - 1);
+    EXPECT_EQ(q.pop()->id, 1);
+    std::vector<int> rest;
+    while (item* it = q.pop_newest()) rest.push_back(it->id);
+    EXPECT_EQ(rest.size(), static_cast<std::size_t>(2 * kChunk - 6));
+    EXPECT_EQ(rest.back(), 2);
+    EXPECT_EQ(q.size(), 0u);
+    // Empty: a lone chunk is reset, and works from both ends.
+    q.put(items[5].get());
+    q.put(items[6].get());
+    EXPECT_EQ(q.pop_newest()->id, 6);
+    EXPECT_EQ(q.pop()->id, 5);
+    EXPECT_EQ(q.pop_newest(), nullptr);
+  }
+  EXPECT_EQ(test_chunks::live, 0) << "chunks leaked";
+}
+
+TEST(GlobalRunQueue, PopNewestTakesTheFallbackListFirstAndLosesNothing) {
+  test_chunks::refuse = false;
+  test_chunks::live = 0;
+  {
+    global_queue q;
+    auto items = make_items(kChunk + 10);
+    for (int i = 0; i < kChunk + 10; ++i) {
+      if (i == kChunk) test_chunks::refuse = true;
+      q.put(items[static_cast<std::size_t>(i)].get());
+    }
+    test_chunks::refuse = false;
+    std::vector<int> got;
+    while (item* it = q.pop_newest()) got.push_back(it->id);
+    std::vector<int> want;
+    for (int id = kChunk; id < kChunk + 10; ++id) want.push_back(id);  // the list, oldest first
+    for (int id = kChunk - 1; id >= 0; --id) want.push_back(id);  // then the chunk, newest first
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(q.size(), 0u);
+  }
+  EXPECT_EQ(test_chunks::live, 0) << "chunks leaked";
+}
+
 }  // namespace
