@@ -243,10 +243,13 @@ inline void* switch_context(context& from, context& to, void* transfer) {
 #endif
 #if defined(__x86_64__)
   // See "Entering the switch without a call" above.
+  // The operands go in the registers of the C call through constraints
+  // (D, S, d), not register variables: a sanitizer's instrumentation call
+  // between such a variable's assignment and the asm clobbers it.
   void* r;
-  register void** save asm("rdi") = &from.sp;
-  register void* load asm("rsi") = to.sp;
-  register void* xfer asm("rdx") = transfer;
+  void** save = &from.sp;
+  void* load = to.sp;
+  void* xfer = transfer;
   asm volatile(
       "subq    $128, %%rsp\n\t"        // step over the red zone
       "leaq    1f(%%rip), %%rcx\n\t"   // where this context resumes

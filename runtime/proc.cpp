@@ -1512,15 +1512,10 @@ static g* allocg(p* pp, std::size_t closure_size, std::size_t closure_align, voi
     }
     throw;
   }
-  g* link = gp->alllink;
-  timer* sleep_timer = gp->sleep_timer;
-  gp->~g();
-  new (gp) g;
-  gp->alllink = link;
-  gp->magic = g_magic;
-  if (sleep_timer) {
-    // Reset: a goroutine abandoned by an earlier run() may have left it armed
-    // in a heap that is gone.
+  gp->reset_for_reuse();
+  if (timer* sleep_timer = gp->sleep_timer) {
+    // As new: the state it keeps may name a heap that is gone (the last use
+    // may have been in an earlier run()).
     sleep_timer->~timer();
     gp->sleep_timer = new (sleep_timer) timer;
   }

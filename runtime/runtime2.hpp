@@ -154,6 +154,35 @@ struct alignas(64) g {
   arch::fp_control fp{};           // its creator's, for the context made at its first run
   bool is_main = false;
   alignas(8) unsigned char closure_room[g_closure_room];
+
+  // Makes a dead G as galloc_block left it, for a new goroutine: every field
+  // but its place in allgs (alllink, magic) and its sleep timer; a new field
+  // belongs here. By assignment, not by destroying and constructing the G
+  // again: sysmon may look at a G through a stale curg at any time (a racy
+  // look, as Go's, with atomics on both sides), and constructing an atomic is
+  // a plain write.
+  void reset_for_reuse() {
+    ctx = {};
+    stk = {};
+    status.store(gstatus::idle, std::memory_order_relaxed);
+    goid = 0;
+    schedlink = nullptr;
+    lockedm = nullptr;
+    curm = nullptr;
+    preempt.store(false, std::memory_order_relaxed);
+    reason = waitreason::zero;
+    user_locks = 0;
+    eh = {};
+    waitsince = 0;
+    param = nullptr;
+    fn = nullptr;
+    closure = nullptr;
+    creator_pc = nullptr;
+    parent_goid = 0;
+    closure_size = 0;
+    fp = {};
+    is_main = false;
+  }
 };
 #if !URGE_ASAN && !URGE_TSAN  // the sanitizers add to arch::context
 static_assert(sizeof(g) <= 256, "see g_closure_room: a parked goroutine pays for its G");

@@ -86,6 +86,15 @@ std::uint64_t taken() {
   return urge::stats().preempts_taken;
 }
 
+// Whether a loop that has done `round` of its planned `rounds` goes on: until
+// it has done them all and a preemption has been taken since `before` (a test
+// that ends before any proves nothing, and on a loaded machine sysmon may not
+// get a CPU within the planned rounds), or until the deadline.
+bool more_rounds(long round, long rounds, std::uint64_t before, clk::time_point deadline) {
+  if (round < rounds) return true;
+  return taken() == before && clk::now() < deadline;
+}
+
 // xorshift64: plain arithmetic on a local, no call, no memory access. The
 // unit of "work" of this file: about 2 ns a step natively.
 __attribute__((always_inline)) inline std::uint64_t burn(std::uint64_t x, long steps) {
@@ -1033,6 +1042,7 @@ TEST_P(Procs, ErrnoSurvivesPreemption) {
   std::uint64_t preempts = 0;
   urge::run(preempt_config(GetParam()), [&] {
     const std::uint64_t before = taken();
+    const clk::time_point deadline = clk::now() + tolerance(10s);
     urge::wait_group wg;
     for (int g = 0; g < 8; ++g) {
       wg.add(1);
@@ -1041,7 +1051,8 @@ TEST_P(Procs, ErrnoSurvivesPreemption) {
         const int expect = c.expect;
         std::uint64_t x = static_cast<std::uint64_t>(g) + 1;
         long mine_bad = 0;
-        for (long i = 0; i < iters; ++i) {
+        long i = 0;
+        for (; more_rounds(i, iters, before, deadline); ++i) {
           errno = 0;
           const int rc = c.call();
           const int first = errno;
@@ -1051,7 +1062,7 @@ TEST_P(Procs, ErrnoSurvivesPreemption) {
         }
         bad.fetch_add(mine_bad);
         keep(x);
-        done.fetch_add(iters);
+        done.fetch_add(i);
         wg.done();
       });
     }
@@ -1061,7 +1072,7 @@ TEST_P(Procs, ErrnoSurvivesPreemption) {
   ::close(g_devnull);
   g_devnull = -1;
   EXPECT_EQ(bad.load(), 0);
-  EXPECT_EQ(done.load(), 8 * iters);
+  EXPECT_GE(done.load(), 8 * iters);
   EXPECT_GT(preempts, 0u);
 }
 
