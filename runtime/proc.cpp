@@ -1392,7 +1392,7 @@ static void goroutine_entry(void* arg, void* transfer) {
 // the Gs die on the Ps that stole them and come back to the spawner through
 // the global list, and by then they sit in another CPU's cache. Refilling a
 // linked list reads each G's link to find the next, 32 misses one after the
-// other under gfree_lock (40% of the spawner's time at two Ps, and the
+// other under gfree_lock (about 30% of the spawner's time at two Ps, and the
 // freeing P waited for the lock meanwhile). An array moves pointers, and a G
 // is first touched when allocg writes it, where the next one to be reused is
 // known and prefetched.
