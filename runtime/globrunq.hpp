@@ -74,16 +74,7 @@ class global_run_queue {
   G* pop() {
     if (chunk* c = first_; c && c->head != c->tail) {
       G* gp = c->slots[c->head++];
-      if (c->head == c->tail) {
-        // Emptied. The last chunk is reset for reuse; any other is let go.
-        if (c == last_) {
-          c->head = c->tail = 0;
-        } else {
-          first_ = c->next;
-          first_->prev = nullptr;
-          release(c);
-        }
-      }
+      if (c->head == c->tail) drop_emptied(c);
       --size_;
       return gp;
     }
@@ -99,15 +90,7 @@ class global_run_queue {
     chunk* c = last_;
     if (!c || c->head == c->tail) return nullptr;  // only a lone last chunk is ever empty
     G* gp = c->slots[--c->tail];
-    if (c->head == c->tail) {
-      if (c == first_) {
-        c->head = c->tail = 0;
-      } else {
-        last_ = c->prev;
-        last_->next = nullptr;
-        release(c);
-      }
-    }
+    if (c->head == c->tail) drop_emptied(c);
     --size_;
     return gp;
   }
@@ -137,6 +120,23 @@ class global_run_queue {
     (last_ ? last_->next : first_) = c;
     last_ = c;
     return true;
+  }
+
+  // c, at either end, has just been emptied. A lone chunk is reset for
+  // reuse; any other is unlinked and let go.
+  void drop_emptied(chunk* c) {
+    if (first_ == last_) {
+      c->head = c->tail = 0;
+      return;
+    }
+    if (c == first_) {
+      first_ = c->next;
+      first_->prev = nullptr;
+    } else {
+      last_ = c->prev;
+      last_->next = nullptr;
+    }
+    release(c);
   }
 
   void release(chunk* c) {
