@@ -4,7 +4,10 @@
 //
 // Sequence, for a goroutine G running on M for longer than the quantum:
 //  1. sysmon sets G.preempt and, unless a signal is already in flight for M,
-//     sends SIGURG to M's thread with tgkill (preempt_request).
+//     sends SIGURG to M's thread with tgkill (preempt_request). Or M's
+//     preemption timer, which sysmon armed for the end of the quantum, raises
+//     SIGURG at that time, and the handler sets G.preempt itself (see
+//     "Preemption timers" in sysmon.cpp).
 //  2. The handler (on the thread's alternate stack) checks the rules. If G
 //     may stop here it moves the interrupted state onto G's stack and returns
 //     into urge_preempt_trampoline, which calls urge_preempt_park: a normal
@@ -31,6 +34,7 @@
 #include <string>
 
 #include "arch/preempt.hpp"
+#include "platform/clock.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
 
@@ -92,6 +96,7 @@ int collect_ranges(dl_phdr_info* info, std::size_t, void* data) {
 
 // ---- Counters ---------------------------------------------------------------
 std::atomic<std::uint64_t> g_signals_sent{0};
+std::atomic<std::uint64_t> g_timer_requests{0};
 std::atomic<std::uint64_t> g_taken{0};
 std::atomic<std::uint64_t> g_deferred{0};
 
@@ -102,7 +107,18 @@ constexpr std::size_t park_reserve = 48 * 1024;
 constexpr std::size_t park_reserve = 12 * 1024;
 #endif
 
-void sigurg_handler(int, siginfo_t*, void* ctx) {
+// A preemption timer's signal: true if the slice it was armed for still runs
+// on this M and is due (not a timer of a slice that has ended, or one that
+// sysmon re-armed for later while this one was being raised).
+bool preempt_timer_due(m* mp) {
+  const p* pp = mp->curp;
+  return pp &&
+         mp->preempt_timer_slice.load(std::memory_order_relaxed) ==
+             slice_key(pp->id, pp->schedtick) &&
+         platform::nanotime() >= mp->preempt_timer_when.load(std::memory_order_relaxed);
+}
+
+void sigurg_handler(int, siginfo_t* info, void* ctx) {
   const int saved_errno = errno;
   auto* uc = static_cast<ucontext_t*>(ctx);
   m* mp = getm();
@@ -116,9 +132,14 @@ void sigurg_handler(int, siginfo_t*, void* ctx) {
   // only in step 2, it would stay set, and sysmon would never signal this M
   // again.
   mp->signal_pending.store(false, std::memory_order_relaxed);
+  const bool from_timer = info && info->si_code == SI_TIMER;
   // Step 3: the goroutine asks to be resumed where it was interrupted.
   if (void* buf = mp->resume_ctx) {
     mp->resume_ctx = nullptr;
+    // A timer's signal that merged with the resume signal: its request is
+    // lost; sysmon's look at the deadline sees the timer as not armed and
+    // signals instead.
+    if (from_timer) mp->preempt_timer_armed.store(false, std::memory_order_relaxed);
 #if URGE_ASAN
     const std::uintptr_t park_sp = arch::context_sp(uc);
 #endif
@@ -142,6 +163,14 @@ void sigurg_handler(int, siginfo_t*, void* ctx) {
   }
   // Step 2: a preemption request.
   g* gp = mp->curg.load(std::memory_order_relaxed);
+  if (from_timer && gp && sched && sched->async_preempt && preempt_timer_due(mp)) {
+    // The request sysmon would make at the deadline, made on time.
+    if (!gp->preempt.exchange(true, std::memory_order_relaxed)) {
+      sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
+    }
+    g_signals_sent.fetch_add(1, std::memory_order_relaxed);
+    g_timer_requests.fetch_add(1, std::memory_order_relaxed);
+  }
   if (!gp || !sched || !sched->async_preempt || mp->in_preempt ||
       !gp->preempt.load(std::memory_order_relaxed) ||
       gp->status.load(std::memory_order_relaxed) != gstatus::running) {
@@ -208,12 +237,12 @@ bool signal_m(m* mp) {
 
 }  // namespace
 
-void preempt_request(m* mp, g* gp) {
+void preempt_request(m* mp, g* gp, bool signal) {
   gp->preempt.store(true, std::memory_order_relaxed);
   sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
   if (gp->status.load(std::memory_order_relaxed) != gstatus::running)
     return;  // never a blocking call
-  if (signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
+  if (signal && signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
 }
 
 // Without asynchronous preemption the task work waits for the thread's next
@@ -238,7 +267,8 @@ void preempt_deferred_now(std::uintptr_t caller_pc) {
 }
 
 preempt_counters preempt_stats() {
-  return {g_signals_sent.load(std::memory_order_relaxed), g_taken.load(std::memory_order_relaxed),
+  return {g_signals_sent.load(std::memory_order_relaxed),
+          g_timer_requests.load(std::memory_order_relaxed), g_taken.load(std::memory_order_relaxed),
           g_deferred.load(std::memory_order_relaxed)};
 }
 

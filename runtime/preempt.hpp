@@ -59,8 +59,9 @@ struct preempt_off_scope {
 void preempt_init();
 
 // sysmon: asks gp (running on mp) to stop, by flag and, when asynchronous
-// preemption is on, by signal (at most one in flight per M).
-void preempt_request(m* mp, g* gp);
+// preemption is on and `signal` (false: mp's preemption timer has raised
+// the signal for this request), by signal (at most one in flight per M).
+void preempt_request(m* mp, g* gp, bool signal = true);
 
 // sysmon: makes mp's thread enter the kernel and come back, without asking
 // its goroutine to stop (the SIGURG handler finds no request and returns):
@@ -80,7 +81,8 @@ void preempt_deferred_now(std::uintptr_t caller_pc);
 void gopark_locked_to_m();
 
 struct preempt_counters {
-  std::uint64_t signals = 0;   // SIGURGs sent by sysmon
+  std::uint64_t signals = 0;   // SIGURGs for requests: sent by sysmon or by a timer
+  std::uint64_t timer = 0;     // of which raised by a preemption timer
   std::uint64_t taken = 0;     // goroutines actually stopped asynchronously
   std::uint64_t deferred = 0;  // requests that found an unsafe point
 };

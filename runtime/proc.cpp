@@ -269,6 +269,7 @@ static p* pidleget() {
     // preempted.
     pp->schedtick++;
     pp->schedtick_pub.store(pp->schedtick, std::memory_order_relaxed);
+    pp->left_idle_at.store(platform::nanotime(), std::memory_order_relaxed);
     // A P leaving the idle list means work: sysmon must watch again.
     if (sched->sysmon_wait.load(std::memory_order_relaxed)) {
       sched->sysmon_wait.store(false, std::memory_order_relaxed);
@@ -1587,7 +1588,13 @@ void enter_blocking_call() {
   releasep(mp);
   // The P stays attached in spirit (status syscall) so that a quick call can
   // take it back without any lock; sysmon retakes it if the call lasts.
-  pp->status.store(pstatus::syscall, std::memory_order_release);
+  // seq_cst, and then the preemption timer: the call must not be signalled
+  // (see "Preemption timers" in sysmon.cpp).
+  pp->status.store(pstatus::syscall, std::memory_order_seq_cst);
+  if (mp->preempt_timer_armed.load(std::memory_order_seq_cst) &&
+      mp->preempt_timer_armed.exchange(false, std::memory_order_relaxed)) {
+    mp->preempt_timer.disarm();
+  }
   if (sched->sysmon_wait.load(std::memory_order_acquire)) {
     std::lock_guard lock(sched->lock);
     if (sched->sysmon_wait.load(std::memory_order_relaxed)) {
@@ -1919,6 +1926,8 @@ void run_main(const config& cfg, closure_fn main_fn, void* main_arg) {
   for (m* mp = sched->allm; mp; mp = mp->alllink) {
     if (mp != &m0 && mp->thread.joinable()) mp->thread.join();
   }
+  // sysmon armed them, and nothing uses them now. Deleting one cancels it.
+  for (m* mp = sched->allm; mp; mp = mp->alllink) mp->preempt_timer.destroy();
   trace_stop();  // after the joins: no M may still be writing to a trace buffer
   // Abandon the goroutines still alive: their stacks go back to the pool,
   // their destructors never run (as Go's goroutines end with main). Their Gs
@@ -2071,6 +2080,7 @@ sched_stats stats() {
   st.threads = sched->threads_created.load(std::memory_order_relaxed) + 1;
   preempt_counters pc = preempt_stats();
   st.preempt_signals = pc.signals;
+  st.preempt_timer_signals = pc.timer;
   st.preempts_taken = pc.taken;
   st.preempts_deferred = pc.deferred;
   return st;

@@ -26,6 +26,7 @@
 #include "arch/context.hpp"
 #include "platform/futex.hpp"
 #include "platform/stack.hpp"
+#include "platform/thread_timer.hpp"
 #include "runtime/globrunq.hpp"
 #include "runtime/lock.hpp"
 #include "runtime/runq.hpp"
@@ -236,7 +237,25 @@ struct m {
   bool in_preempt = false;                  // between the handler's redirect and the switch; owner
   void* resume_ctx = nullptr;               // saved state to resume through the next SIGURG; owner
   sigset_t resume_mask{};                   // the thread's mask to restore with it; owner
+  // The kernel timer that asks for the preemption of the time slice running
+  // here when sysmon could be late; see "Preemption timers" in sysmon.cpp.
+  // Created, armed and deleted by sysmon (deleted once sysmon has stopped).
+  platform::thread_timer preempt_timer;
+  bool preempt_timer_failed = false;  // the kernel refused to create it; sysmon
+  // Set (seq_cst) before every arming; cleared by whoever disarms it first,
+  // sysmon or this M entering a blocking call, and by its firing.
+  std::atomic<bool> preempt_timer_armed{false};
+  // What the armed timer is for, read by the handler when it fires: the
+  // slice (slice_key: the P and its schedtick) and the time it is due; sysmon
+  // writes both before arming.
+  std::atomic<std::uint64_t> preempt_timer_slice{0};
+  std::atomic<std::int64_t> preempt_timer_when{0};
 };
+
+// The preempt_timer_slice of P id's slice `schedtick`.
+inline std::uint64_t slice_key(int id, std::uint32_t schedtick) {
+  return std::uint64_t(std::uint32_t(id) + 1) << 32 | schedtick;
+}
 
 // A processor.
 struct p {
@@ -250,6 +269,9 @@ struct p {
   std::uint32_t park_clock_tick = 0;
   std::atomic<std::uint32_t> schedtick_pub{0};  // schedtick, published for sysmon
   std::atomic<std::uint32_t> syscalltick{0};    // incremented on every blocking call
+  // When it last left the idle list (pidleget): a slice sysmon sees for the
+  // first time started no earlier (see retake); sched.lock writes.
+  std::atomic<std::int64_t> left_idle_at{0};
   run_queue<g> runq;
   timer_heap timers;
   platform::stack_cache stackcache;  // owner
@@ -278,6 +300,11 @@ struct p {
   std::int64_t sysmon_schedwhen = 0;
   std::uint32_t sysmon_syscalltick = 0;
   std::int64_t sysmon_syscallwhen = 0;
+  // The preemption timer sysmon armed for this P's slice: on which M, for
+  // when; nullptr if none (see "Preemption timers" in sysmon.cpp).
+  m* sysmon_timer_m = nullptr;
+  std::uint32_t sysmon_timer_tick = 0;
+  std::int64_t sysmon_timer_when = 0;
 };
 
 // The global scheduler state (Go's schedt).

@@ -28,20 +28,110 @@ namespace urge::runtime {
 
 namespace {
 
-// Asks the goroutine running on pp to stop: by flag at its next scheduling
-// point, and by signal where asynchronous preemption is on (preempt.cpp).
-void preemptone(p* pp) {
-  m* mp = pp->curm.load(std::memory_order_relaxed);
-  if (!mp) return;
-  g* gp = mp->curg.load(std::memory_order_relaxed);
-  if (!gp) return;
-  preempt_request(mp, gp);
-}
-
 // Beyond Go: a timer due on a P whose goroutine has run for this long gets
 // the goroutine preempted, instead of waiting out the quantum
 // (golang/go#38860: CPU hogs delayed timers by ~10 ms).
 constexpr std::int64_t timer_preempt_ns = 1'000'000;
+
+// Asks the goroutine running on pp to stop: by flag at its next scheduling
+// point, and by signal where asynchronous preemption is on (preempt.cpp),
+// unless the preemption timer sysmon armed for this slice has fired.
+void preemptone(p* pp, std::int64_t now) {
+  m* mp = pp->curm.load(std::memory_order_relaxed);
+  if (!mp) return;
+  g* gp = mp->curg.load(std::memory_order_relaxed);
+  if (!gp) return;
+  const bool timer_fired = pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == pp->sysmon_schedtick &&
+                           pp->sysmon_timer_when <= now &&
+                           mp->preempt_timer_armed.load(std::memory_order_relaxed);
+  preempt_request(mp, gp, !timer_fired);
+}
+
+// Preemption timers
+// -----------------
+// sysmon sees that a slice has run past its quantum by waking up and looking.
+// On a busy host its thread can be kept off a CPU for milliseconds (seen: a
+// 1 ms sleep that took 2.8 ms, on a 2-CPU machine where the hog had one CPU
+// and other processes the other), and each preemption it makes is then that
+// much late. So sysmon, once it has seen a slice at two looks in a row (it is
+// not one of the many short ones), arms a kernel timer of the M running it,
+// due when sysmon would ask it to stop (slice_deadline). The timer interrupt
+// raises SIGURG on that thread itself, with no other thread needing a CPU;
+// the handler checks that the slice still runs and is due
+// (m::preempt_timer_slice and _when) and makes sysmon's request itself.
+// sysmon still looks at the deadline, and signals only if no timer fired for
+// the slice (none armed: the kernel refused one, an emulator without
+// SIGEV_THREAD_ID; or it was disarmed).
+//
+// A goroutine inside a blocking call is never signalled, so a timer armed for
+// its slice must be disarmed first. enter_blocking_call stores the P's status
+// (seq_cst), then disarms the timer if m::preempt_timer_armed is set; sysmon
+// sets that flag (seq_cst) before arming and loads the P's status after. If
+// that load sees the call, sysmon disarms. If it does not, it came before the
+// M's store, hence before the M's load of the flag: the M sees the flag and
+// disarms, after the arming. No interleaving leaves the timer armed in the
+// call. A timer whose slice ended otherwise is disarmed at sysmon's next look;
+// one that fires before that finds another slice (or the M idle) and does
+// nothing.
+//
+// Rejected: arming at every new slice (a syscall per P per look on a busy
+// runtime whose slices are short: the second look leaves only slices of
+// 20 us to 1 ms and more); the M arming its own timer (a syscall on the
+// scheduling path); sysmon alone, as Go (the worst latency follows sysmon's
+// wake-up delays: 12-13.6 ms at a 10 ms quantum on a busy host).
+
+// When sysmon asks pp's running slice to stop: at the end of its quantum, or
+// earlier when a timer on the P is due and the slice has run for
+// timer_preempt_ns (see retake).
+std::int64_t slice_deadline(p* pp) {
+  std::int64_t d = pp->sysmon_schedwhen + sched->quantum_ns;
+  if (std::int64_t when = pp->timers.earliest(); when != 0) {
+    d = std::min(d, std::max(when, pp->sysmon_schedwhen + timer_preempt_ns));
+  }
+  return d;
+}
+
+void disarm_preempt_timer(p* pp) {
+  m* mp = pp->sysmon_timer_m;
+  if (!mp) return;
+  pp->sysmon_timer_m = nullptr;
+  if (mp->preempt_timer_armed.exchange(false, std::memory_order_relaxed)) {
+    mp->preempt_timer.disarm();
+  }
+}
+
+// Arms mp's timer for pp's slice `tick`, due at `when`, unless it already is.
+void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t when) {
+  if (pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == tick && pp->sysmon_timer_when == when &&
+      mp->preempt_timer_armed.load(std::memory_order_relaxed)) {
+    return;
+  }
+  disarm_preempt_timer(pp);
+  if (!mp->preempt_timer.created()) {
+    if (mp->preempt_timer_failed || mp->tid == 0) return;
+    if (!mp->preempt_timer.create(mp->tid, SIGURG)) {
+      mp->preempt_timer_failed = true;  // sysmon's own signals do the job
+      return;
+    }
+  }
+  mp->preempt_timer_slice.store(slice_key(pp->id, tick), std::memory_order_relaxed);
+  mp->preempt_timer_when.store(when, std::memory_order_relaxed);
+  mp->preempt_timer_armed.store(true, std::memory_order_seq_cst);
+  mp->preempt_timer.arm_at(when);
+  pp->sysmon_timer_m = mp;
+  pp->sysmon_timer_tick = tick;
+  pp->sysmon_timer_when = when;
+  // The M may have entered a blocking call, or left the P, since the look:
+  // see "Preemption timers".
+  if (pp->status.load(std::memory_order_seq_cst) != pstatus::running ||
+      pp->curm.load(std::memory_order_relaxed) != mp ||
+      pp->schedtick_pub.load(std::memory_order_relaxed) != tick) {
+    pp->sysmon_timer_m = nullptr;
+    mp->preempt_timer_armed.store(false, std::memory_order_relaxed);
+    mp->preempt_timer.disarm();
+  }
+}
+
 
 // The first running P whose goroutine (or inherited time slice) has run for
 // timer_preempt_ns or more, as of sysmon's previous look; nullptr if none.
@@ -62,17 +152,18 @@ void run_polled_soon(std::int64_t now) {
   if (sched->npidle.load(std::memory_order_relaxed) != 0) return;
   if (p* pp = computing_p(now)) {
     pp->global_first.store(true, std::memory_order_relaxed);
-    preemptone(pp);
+    preemptone(pp, now);
   }
 }
 
 // Returns how many Ps were retaken from blocking calls. *next_deadline is
 // lowered to the earliest time a running goroutine's quantum (as sysmon
 // measures it) runs out, so that sysmon can wake right then.
-int retake(std::int64_t now, std::int64_t* next_deadline) {
+int retake(std::int64_t now, std::int64_t prev_look, std::int64_t* next_deadline) {
   int n = 0;
   for (p* pp : sched->allp) {
     pstatus s = pp->status.load(std::memory_order_acquire);
+    if (s != pstatus::running) disarm_preempt_timer(pp);
     if (s == pstatus::syscall) {
       // Retake the P if its M has been blocked for more than one sysmon tick
       // (the tick changes on every call: a fresh call is left alone).
@@ -107,20 +198,34 @@ int retake(std::int64_t now, std::int64_t* next_deadline) {
         // the worst latency ~1 ms lower), which shortened slices by up to a
         // look: 10-17% more preemptions, and over the overhead target at a
         // 1 ms quantum (+3.7% CPU against +1.7%).
+        // But a P that has left the idle list since the previous look
+        // started this slice no earlier than that: dated then. A goroutine
+        // woken on an idle runtime (a timer, the network) that turns into a
+        // hog is stopped one quantum after it woke, not up to a look later
+        // (seen: 11.3-12 ms at a 10 ms quantum, sysmon having slept through
+        // the wake-up). Only Ps that were idle a moment ago: hogs that keep
+        // their Ps busy are dated as before.
         pp->sysmon_schedtick = t;
-        pp->sysmon_schedwhen = now;
+        const std::int64_t left_idle = pp->left_idle_at.load(std::memory_order_relaxed);
+        pp->sysmon_schedwhen = left_idle > prev_look ? left_idle : now;
+        disarm_preempt_timer(pp);  // armed for a slice that has ended
       } else if (pp->sysmon_schedwhen + sched->quantum_ns <= now) {
-        preemptone(pp);
+        preemptone(pp, now);
         // Ask again one quantum later if it keeps running.
         pp->sysmon_schedwhen = now;
       } else if (std::int64_t when = pp->timers.earliest();
                  when != 0 && when <= now && pp->sysmon_schedwhen + timer_preempt_ns <= now) {
-        preemptone(pp);
+        preemptone(pp, now);
       } else if (netpoll_overdue(pp, now, timer_preempt_ns) &&
                  pp->sysmon_schedwhen + timer_preempt_ns <= now) {
         // I/O held by a goroutine that computes: the same rule as a due
         // timer ("Busy Ps" in netpoll.cpp).
-        preemptone(pp);
+        preemptone(pp, now);
+      } else if (sched->async_preempt) {
+        // Seen twice: see "Preemption timers".
+        if (m* mp = pp->curm.load(std::memory_order_relaxed)) {
+          arm_preempt_timer(pp, mp, t, slice_deadline(pp));
+        }
       }
       *next_deadline = std::min(*next_deadline, pp->sysmon_schedwhen + sched->quantum_ns);
     }
@@ -141,6 +246,7 @@ void sysmon_main() {
   std::int64_t delay = 0;  // microseconds
   std::int64_t last_trace = platform::nanotime();
   std::int64_t last_poll = last_trace;
+  std::int64_t last_look = last_trace;  // the previous retake's time
   // The earliest end of a running goroutine's quantum seen by the last look.
   std::int64_t next_deadline = INT64_MAX;
   for (;;) {
@@ -227,11 +333,12 @@ void sysmon_main() {
     // io_uring task work held by an M that runs without entering the kernel.
     netpoll_sysmon(now);
     next_deadline = INT64_MAX;
-    if (retake(now, &next_deadline) != 0) {
+    if (retake(now, last_look, &next_deadline) != 0) {
       idle = 0;
     } else {
       ++idle;
     }
+    last_look = now;
     if (sched->schedtrace_ms > 0 && now - last_trace >= sched->schedtrace_ms * 1'000'000) {
       last_trace = now;
       schedtrace(sched->scheddetail);
@@ -271,6 +378,14 @@ void schedtrace(bool detailed) {
   if (detailed) {
     std::fprintf(out, " gcwaiting=0 nmidlelocked=%d stopwait=0 sysmonwait=%d\n",
                  sched->nmidlelocked, sched->sysmon_wait.load(std::memory_order_relaxed) ? 1 : 0);
+    // Not Go's: the preemption counters (urge::stats()).
+    const preempt_counters pc = preempt_stats();
+    std::fprintf(out,
+                 "  preempt: requests=%" PRIu64 " signals=%" PRIu64 " timer=%" PRIu64
+                 " taken=%" PRIu64 " deferred=%" PRIu64 "\n",
+                 std::uint64_t{sched->preempt_requests.load(std::memory_order_relaxed)},
+                 std::uint64_t{pc.signals}, std::uint64_t{pc.timer}, std::uint64_t{pc.taken},
+                 std::uint64_t{pc.deferred});
   } else {
     std::fputs(" [", out);
     for (std::size_t i = 0; i < sched->allp.size(); ++i) {

@@ -51,6 +51,9 @@
 
 #include <gtest/gtest.h>
 
+#include "platform/clock.hpp"
+#include "platform/cpu.hpp"
+#include "platform/thread_timer.hpp"
 #include "runtime/preempt.hpp"
 #include "runtime/runtime2.hpp"
 #include "urge/runtime.hpp"
@@ -69,6 +72,14 @@ bool slow() {
 // A time limit: `native`, or ten times it under URGE_TEST_SLOW.
 clk::duration tolerance(clk::duration native) {
   return slow() ? native * 10 : native;
+}
+
+// Whether this kernel (or emulator) has timers that signal one thread.
+bool thread_timers_work() {
+  urge::platform::thread_timer t;
+  if (!t.create(urge::platform::current_tid(), SIGUSR2)) return false;
+  t.destroy();
+  return true;
 }
 
 urge::config preempt_config(int procs, std::chrono::nanoseconds quantum = 1ms) {
@@ -1653,9 +1664,10 @@ INSTANTIATE_TEST_SUITE_P(Preempt, TimerUnderHog, ::testing::Values(1, 10), [](co
 TEST_P(TimerUnderHog, SleepOvershootStaysSmall) {
   const auto quantum = std::chrono::milliseconds(GetParam());
   std::vector<double> overshoot_ms;
-  std::uint64_t preempts = 0;
+  std::uint64_t preempts = 0, timer_signals = 0;
   urge::run(preempt_config(1, quantum), [&] {
     const std::uint64_t before = taken();
+    const std::uint64_t timer_before = urge::stats().preempt_timer_signals;
     std::atomic<bool> stop{false};
     urge::wait_group wg;
     wg.add(1);
@@ -1674,6 +1686,7 @@ TEST_P(TimerUnderHog, SleepOvershootStaysSmall) {
     stop.store(true);
     wg.wait();
     preempts = taken() - before;
+    timer_signals = urge::stats().preempt_timer_signals - timer_before;
   });
   std::sort(overshoot_ms.begin(), overshoot_ms.end());
   const double median = overshoot_ms[overshoot_ms.size() / 2];
@@ -1681,9 +1694,77 @@ TEST_P(TimerUnderHog, SleepOvershootStaysSmall) {
   RecordProperty("median_overshoot_us", std::to_string(median * 1000));
   RecordProperty("p90_overshoot_us", std::to_string(p90 * 1000));
   EXPECT_GT(preempts, 0u);
+  // The preemption timer, armed for the due timer, asked for them on time.
+  if (thread_timers_work()) {
+    EXPECT_GT(timer_signals, 0u);
+  }
   if (!slow()) {
     EXPECT_LT(median, 5.0) << "p90 " << p90 << " ms";
   }
+}
+
+// ---- Preemption timers ---------------------------------------------------------------
+
+// The kernel timer behind them: one thread's signal, at the armed time, and
+// none once disarmed.
+TEST(ThreadTimer, SignalsItsThreadAtTheArmedTimeAndNotWhenDisarmed) {
+  if (!thread_timers_work()) GTEST_SKIP() << "no SIGEV_THREAD_ID timers here";
+  sigset_t usr2, old;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &usr2, &old), 0);
+  urge::platform::thread_timer t;
+  ASSERT_TRUE(t.create(urge::platform::current_tid(), SIGUSR2)) << std::strerror(errno);
+  const std::int64_t when = urge::platform::nanotime() + 5'000'000;
+  t.arm_at(when);
+  siginfo_t info{};
+  const timespec limit{5, 0};
+  ASSERT_EQ(sigtimedwait(&usr2, &info, &limit), SIGUSR2);
+  EXPECT_GE(urge::platform::nanotime(), when);
+  EXPECT_EQ(info.si_code, SI_TIMER);
+  // Re-armed (replacing nothing: it fired), then disarmed before it is due.
+  t.arm_at(urge::platform::nanotime() + 20'000'000);
+  t.disarm();
+  const timespec past_due{0, 60'000'000};
+  EXPECT_EQ(sigtimedwait(&usr2, &info, &past_due), -1) << "a disarmed timer fired";
+  // Re-arming replaces the earlier time.
+  t.arm_at(urge::platform::nanotime() + 1'000'000'000);
+  const std::int64_t sooner = urge::platform::nanotime() + 2'000'000;
+  t.arm_at(sooner);
+  ASSERT_EQ(sigtimedwait(&usr2, &info, &limit), SIGUSR2);
+  EXPECT_LT(urge::platform::nanotime(), sooner + 500'000'000);
+  t.destroy();
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+// A preemption timer armed for a slice never fires once its goroutine is in
+// a blocking call: main computes until sysmon has armed its thread's timer
+// and the timer is about to fire, then sleeps across the time it was due in
+// blocking(f). nanosleep, which SA_RESTART does not restart, would end with
+// EINTR. sysmon's own look at the deadline would disarm it too, but as late
+// as the timer fires: the call disarms it first.
+TEST(PreemptTimer, NeverFiresInABlockingCall) {
+  if (!thread_timers_work()) GTEST_SKIP() << "no SIGEV_THREAD_ID timers here";
+  int interrupted = 0, armed = 0;
+  urge::run(preempt_config(1, 10ms), [&] {
+    for (int i = 0; i < 10; ++i) {
+      urge::runtime::m* mp = urge::runtime::getm();
+      const clk::time_point give_up = clk::now() + tolerance(2s);
+      bool due_soon = false;
+      while (!due_soon && clk::now() < give_up) {
+        due_soon = mp->preempt_timer_armed.load() &&
+                   mp->preempt_timer_when.load() - urge::platform::nanotime() < 300'000;
+      }
+      if (!due_soon) continue;  // preempted before it was armed, or a slow look
+      ++armed;
+      urge::blocking([&] {
+        timespec ts{0, 3'000'000};
+        if (::nanosleep(&ts, nullptr) != 0 && errno == EINTR) ++interrupted;
+      });
+    }
+  });
+  EXPECT_EQ(interrupted, 0);
+  EXPECT_GE(armed, 5) << "sysmon armed too few timers for this to show anything";
 }
 
 }  // namespace
