@@ -1590,7 +1590,7 @@ TEST(Sched, SchedtracePrintsGoFormat) {
 
 TEST(Sched, ScheddetailPrintsPMAndGLines) {
   const std::string err = child_stderr("schedtrace=10,scheddetail=1", trace_workload);
-  int sched = 0, p0 = 0, p1 = 0, m0 = 0, g1 = 0;
+  int sched = 0, counters = 0, p0 = 0, p1 = 0, m0 = 0, g1 = 0;
   for (const auto& line : lines_of(err)) {
     if (line.rfind("SCHED", 0) == 0) {
       ++sched;
@@ -1600,12 +1600,18 @@ TEST(Sched, ScheddetailPrintsPMAndGLines) {
                           "sysmonwait=#"))
           << line;
     }
+    if (line.rfind("  preempt: ", 0) == 0) {
+      ++counters;
+      EXPECT_TRUE(matches(line, "  preempt: requests=# signals=# timer=# taken=# deferred=#"))
+          << line;
+    }
     if (line.rfind("  P0: status=", 0) == 0) ++p0;
     if (line.rfind("  P1: status=", 0) == 0) ++p1;
     if (line.rfind("  M0: p=", 0) == 0) ++m0;
     if (line.rfind("  G1: status=", 0) == 0) ++g1;
   }
   EXPECT_GE(sched, 3) << err;
+  EXPECT_EQ(counters, sched) << "the preemption counters under every SCHED line:\n" << err;
   EXPECT_GE(p0, 3) << err;
   EXPECT_GE(p1, 3) << err;
   EXPECT_GE(m0, 3) << err;
