@@ -33,20 +33,6 @@ namespace {
 // (golang/go#38860: CPU hogs delayed timers by ~10 ms).
 constexpr std::int64_t timer_preempt_ns = 1'000'000;
 
-// Asks the goroutine running on pp to stop: by flag at its next scheduling
-// point, and by signal where asynchronous preemption is on (preempt.cpp),
-// unless the preemption timer sysmon armed for this slice has fired.
-void preemptone(p* pp, std::int64_t now) {
-  m* mp = pp->curm.load(std::memory_order_relaxed);
-  if (!mp) return;
-  g* gp = mp->curg.load(std::memory_order_relaxed);
-  if (!gp) return;
-  const bool timer_fired = pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == pp->sysmon_schedtick &&
-                           pp->sysmon_timer_when <= now &&
-                           mp->preempt_timer_armed.load(std::memory_order_relaxed);
-  preempt_request(mp, gp, !timer_fired);
-}
-
 // Preemption timers
 // -----------------
 // sysmon sees that a slice has run past its quantum by waking up and looking.
@@ -132,6 +118,22 @@ void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t when) {
   }
 }
 
+// Asks the goroutine running on pp to stop: by flag at its next scheduling
+// point, and by signal where asynchronous preemption is on (preempt.cpp),
+// unless the preemption timer sysmon armed for this slice has just raised
+// it. Only once: if the goroutine still runs at the next look (its thread
+// was in libc, say), sysmon signals it at every look, as without timers.
+void preemptone(p* pp, std::int64_t now) {
+  m* mp = pp->curm.load(std::memory_order_relaxed);
+  if (!mp) return;
+  g* gp = mp->curg.load(std::memory_order_relaxed);
+  if (!gp) return;
+  const bool timer_fired =
+      pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == pp->sysmon_schedtick &&
+      pp->sysmon_timer_when <= now && mp->preempt_timer_armed.load(std::memory_order_relaxed);
+  if (timer_fired) disarm_preempt_timer(pp);  // fired: forget it (the syscall is for safety)
+  preempt_request(mp, gp, !timer_fired);
+}
 
 // The first running P whose goroutine (or inherited time slice) has run for
 // timer_preempt_ns or more, as of sysmon's previous look; nullptr if none.

@@ -179,7 +179,7 @@ struct sched_stats {
   std::uint64_t handoffs = 0;          // Ps handed off from blocking calls by sysmon
   std::uint64_t preempt_requests = 0;  // preemption requests made by sysmon
   // Asynchronous preemption, process-wide totals:
-  std::uint64_t preempt_signals = 0;    // SIGURGs for requests, from sysmon or a timer
+  std::uint64_t preempt_signals = 0;  // SIGURGs for requests, from sysmon or a timer
   // Of those, raised on time by a kernel timer that sysmon armed for the end
   // of the goroutine's quantum (so a late sysmon does not delay preemption).
   std::uint64_t preempt_timer_signals = 0;
