@@ -131,7 +131,11 @@ void preemptone(p* pp, std::int64_t now) {
   const bool timer_fired =
       pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == pp->sysmon_schedtick &&
       pp->sysmon_timer_when <= now && mp->preempt_timer_armed.load(std::memory_order_relaxed);
-  if (timer_fired) disarm_preempt_timer(pp);  // fired: forget it (the syscall is for safety)
+  // Forget it, but leave it armed: sysmon's clock can pass `when` a few
+  // microseconds before the kernel's timer interrupt raises the signal, and
+  // disarming it then lost the request (seen: preemptions a quantum late).
+  // A blocking call still disarms it through the flag.
+  if (timer_fired) pp->sysmon_timer_m = nullptr;
   preempt_request(mp, gp, !timer_fired);
 }
 
