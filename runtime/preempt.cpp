@@ -133,13 +133,18 @@ void sigurg_handler(int, siginfo_t* info, void* ctx) {
   // again.
   mp->signal_pending.store(false, std::memory_order_relaxed);
   const bool from_timer = info && info->si_code == SI_TIMER;
-  // Step 3: the goroutine asks to be resumed where it was interrupted.
+  // The preemption timer's signal taken: sysmon may arm it again (see
+  // "Preemption timers" in sysmon.cpp). Unless the timer has been re-armed
+  // for later since this signal was raised (older kernels deliver it still).
+  if (from_timer &&
+      platform::nanotime() >= mp->preempt_timer_when.load(std::memory_order_relaxed)) {
+    mp->preempt_timer_armed.store(false, std::memory_order_relaxed);
+  }
+  // Step 3: the goroutine asks to be resumed where it was interrupted. (A
+  // timer's signal that merged with the resume signal is lost: sysmon's own
+  // signal at the deadline asks again.)
   if (void* buf = mp->resume_ctx) {
     mp->resume_ctx = nullptr;
-    // A timer's signal that merged with the resume signal: its request is
-    // lost; sysmon's look at the deadline sees the timer as not armed and
-    // signals instead.
-    if (from_timer) mp->preempt_timer_armed.store(false, std::memory_order_relaxed);
 #if URGE_ASAN
     const std::uintptr_t park_sp = arch::context_sp(uc);
 #endif
@@ -237,12 +242,12 @@ bool signal_m(m* mp) {
 
 }  // namespace
 
-void preempt_request(m* mp, g* gp, bool signal) {
+void preempt_request(m* mp, g* gp) {
   gp->preempt.store(true, std::memory_order_relaxed);
   sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
   if (gp->status.load(std::memory_order_relaxed) != gstatus::running)
     return;  // never a blocking call
-  if (signal && signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
+  if (signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
 }
 
 // Without asynchronous preemption the task work waits for the thread's next

@@ -59,9 +59,8 @@ struct preempt_off_scope {
 void preempt_init();
 
 // sysmon: asks gp (running on mp) to stop, by flag and, when asynchronous
-// preemption is on and `signal` (false: mp's preemption timer has raised
-// the signal for this request), by signal (at most one in flight per M).
-void preempt_request(m* mp, g* gp, bool signal = true);
+// preemption is on, by signal (at most one in flight per M).
+void preempt_request(m* mp, g* gp);
 
 // sysmon: makes mp's thread enter the kernel and come back, without asking
 // its goroutine to stop (the SIGURG handler finds no request and returns):

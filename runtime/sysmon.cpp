@@ -60,6 +60,16 @@ constexpr std::int64_t timer_preempt_ns = 1'000'000;
 // one that fires before that finds another slice (or the M idle) and does
 // nothing.
 //
+// A timer that has fired is left alone until its signal has been taken (the
+// handler clears m::preempt_timer_armed): its thread may be off the CPU, or
+// the kernel a few microseconds behind sysmon's clock. Re-arming or
+// disarming it then would drop the queued signal (recent kernels discard the
+// pending signal of an earlier arming), and the request with it: the hog ran
+// on for another quantum (seen: 1-3% of preemptions a quantum or more late
+// with a busy loop on the other CPU). sysmon's own signal at the deadline
+// stays: it finds the goroutine already stopped in nearly every case, and
+// sends nothing.
+//
 // Rejected: arming at every new slice (a syscall per P per look on a busy
 // runtime whose slices are short: the second look leaves only slices of
 // 20 us to 1 ms and more); the M arming its own timer (a syscall on the
@@ -87,10 +97,11 @@ void disarm_preempt_timer(p* pp) {
 }
 
 // Arms mp's timer for pp's slice `tick`, due at `when`, unless it already is.
-void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t when) {
-  if (pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == tick && pp->sysmon_timer_when == when &&
-      mp->preempt_timer_armed.load(std::memory_order_relaxed)) {
-    return;
+void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t now, std::int64_t when) {
+  if (pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == tick &&
+      mp->preempt_timer_armed.load(std::memory_order_relaxed) &&
+      (pp->sysmon_timer_when == when || pp->sysmon_timer_when <= now)) {
+    return;  // armed as wanted, or fired and its signal not yet taken
   }
   disarm_preempt_timer(pp);
   if (!mp->preempt_timer.created()) {
@@ -119,24 +130,13 @@ void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t when) {
 }
 
 // Asks the goroutine running on pp to stop: by flag at its next scheduling
-// point, and by signal where asynchronous preemption is on (preempt.cpp),
-// unless the preemption timer sysmon armed for this slice has just raised
-// it. Only once: if the goroutine still runs at the next look (its thread
-// was in libc, say), sysmon signals it at every look, as without timers.
-void preemptone(p* pp, std::int64_t now) {
+// point, and by signal where asynchronous preemption is on (preempt.cpp).
+void preemptone(p* pp) {
   m* mp = pp->curm.load(std::memory_order_relaxed);
   if (!mp) return;
   g* gp = mp->curg.load(std::memory_order_relaxed);
   if (!gp) return;
-  const bool timer_fired =
-      pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == pp->sysmon_schedtick &&
-      pp->sysmon_timer_when <= now && mp->preempt_timer_armed.load(std::memory_order_relaxed);
-  // Forget it, but leave it armed: sysmon's clock can pass `when` a few
-  // microseconds before the kernel's timer interrupt raises the signal, and
-  // disarming it then lost the request (seen: preemptions a quantum late).
-  // A blocking call still disarms it through the flag.
-  if (timer_fired) pp->sysmon_timer_m = nullptr;
-  preempt_request(mp, gp, !timer_fired);
+  preempt_request(mp, gp);
 }
 
 // The first running P whose goroutine (or inherited time slice) has run for
@@ -158,7 +158,7 @@ void run_polled_soon(std::int64_t now) {
   if (sched->npidle.load(std::memory_order_relaxed) != 0) return;
   if (p* pp = computing_p(now)) {
     pp->global_first.store(true, std::memory_order_relaxed);
-    preemptone(pp, now);
+    preemptone(pp);
   }
 }
 
@@ -216,21 +216,21 @@ int retake(std::int64_t now, std::int64_t prev_look, std::int64_t* next_deadline
         pp->sysmon_schedwhen = left_idle > prev_look ? left_idle : now;
         disarm_preempt_timer(pp);  // armed for a slice that has ended
       } else if (pp->sysmon_schedwhen + sched->quantum_ns <= now) {
-        preemptone(pp, now);
+        preemptone(pp);
         // Ask again one quantum later if it keeps running.
         pp->sysmon_schedwhen = now;
       } else if (std::int64_t when = pp->timers.earliest();
                  when != 0 && when <= now && pp->sysmon_schedwhen + timer_preempt_ns <= now) {
-        preemptone(pp, now);
+        preemptone(pp);
       } else if (netpoll_overdue(pp, now, timer_preempt_ns) &&
                  pp->sysmon_schedwhen + timer_preempt_ns <= now) {
         // I/O held by a goroutine that computes: the same rule as a due
         // timer ("Busy Ps" in netpoll.cpp).
-        preemptone(pp, now);
+        preemptone(pp);
       } else if (sched->async_preempt) {
         // Seen twice: see "Preemption timers".
         if (m* mp = pp->curm.load(std::memory_order_relaxed)) {
-          arm_preempt_timer(pp, mp, t, slice_deadline(pp));
+          arm_preempt_timer(pp, mp, t, now, slice_deadline(pp));
         }
       }
       *next_deadline = std::min(*next_deadline, pp->sysmon_schedwhen + sched->quantum_ns);

@@ -1737,6 +1737,39 @@ TEST(ThreadTimer, SignalsItsThreadAtTheArmedTimeAndNotWhenDisarmed) {
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
+// A goroutine readied behind a hog runs once the hog's quantum is over,
+// not a quantum or more later: the preemption timer's request, or sysmon's,
+// is never lost (seen, when sysmon disarmed a timer whose time its clock had
+// just passed: a request lost, and the hog stopped a whole quantum late). The
+// hog is main, after sleeping 1-3 ms (a fresh slice on a P that was idle).
+TEST(PreemptTimer, HogStopsAtTheEndOfItsQuantum) {
+  if (slow()) GTEST_SKIP() << "URGE_TEST_SLOW: latencies under emulation or ASan say little";
+  constexpr auto quantum = 10ms;
+  std::vector<double> late_ms;
+  urge::run(preempt_config(1, quantum), [&] {
+    for (int i = 0; i < 100; ++i) {
+      urge::wait_group wg;
+      std::atomic<bool> ran{false};
+      wg.add(1);
+      urge::go([&] {
+        wg.wait();
+        ran.store(true);
+      });
+      urge::sleep(std::chrono::milliseconds(1 + i % 3));
+      const clk::time_point t0 = clk::now();
+      wg.done();
+      spin_until_set(ran);
+      late_ms.push_back(ms(clk::now() - t0) - ms(quantum));
+    }
+  });
+  std::sort(late_ms.begin(), late_ms.end());
+  // A lost request makes a sample a quantum late; a busy host, 2-4 ms.
+  const auto lost = std::count_if(late_ms.begin(), late_ms.end(),
+                                  [&](double late) { return late > 0.6 * ms(quantum); });
+  EXPECT_LT(late_ms[late_ms.size() / 2], 1.0);
+  EXPECT_LE(lost, 1) << "worst: " << late_ms.back() << " ms past the quantum";
+}
+
 // A preemption timer armed for a slice never fires once its goroutine is in
 // a blocking call: main computes until sysmon has armed its thread's timer
 // and the timer is about to fire, then sleeps across the time it was due in
