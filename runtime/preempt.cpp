@@ -242,12 +242,12 @@ bool signal_m(m* mp) {
 
 }  // namespace
 
-void preempt_request(m* mp, g* gp) {
+void preempt_request(m* mp, g* gp, bool signal) {
   gp->preempt.store(true, std::memory_order_relaxed);
   sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
   if (gp->status.load(std::memory_order_relaxed) != gstatus::running)
     return;  // never a blocking call
-  if (signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
+  if (signal && signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
 }
 
 // Without asynchronous preemption the task work waits for the thread's next

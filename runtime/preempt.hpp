@@ -59,8 +59,9 @@ struct preempt_off_scope {
 void preempt_init();
 
 // sysmon: asks gp (running on mp) to stop, by flag and, when asynchronous
-// preemption is on, by signal (at most one in flight per M).
-void preempt_request(m* mp, g* gp);
+// preemption is on and `signal` (false: mp's preemption timer has just
+// raised one), by signal (at most one in flight per M).
+void preempt_request(m* mp, g* gp, bool signal = true);
 
 // sysmon: makes mp's thread enter the kernel and come back, without asking
 // its goroutine to stop (the SIGURG handler finds no request and returns):

@@ -66,9 +66,7 @@ constexpr std::int64_t timer_preempt_ns = 1'000'000;
 // disarming it then would drop the queued signal (recent kernels discard the
 // pending signal of an earlier arming), and the request with it: the hog ran
 // on for another quantum (seen: 1-3% of preemptions a quantum or more late
-// with a busy loop on the other CPU). sysmon's own signal at the deadline
-// stays: it finds the goroutine already stopped in nearly every case, and
-// sends nothing.
+// with a busy loop on the other CPU).
 //
 // Rejected: arming at every new slice (a syscall per P per look on a busy
 // runtime whose slices are short: the second look leaves only slices of
@@ -130,13 +128,20 @@ void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t now, std::
 }
 
 // Asks the goroutine running on pp to stop: by flag at its next scheduling
-// point, and by signal where asynchronous preemption is on (preempt.cpp).
-void preemptone(p* pp) {
+// point, and by signal where asynchronous preemption is on (preempt.cpp),
+// unless the preemption timer of this slice fired less than
+// timer_preempt_ns ago: its signal has stopped the goroutine or is on its
+// way (sysmon, waking at the same deadline, often looks while the handler
+// runs), and a second one would only interrupt the stop. Later looks signal.
+void preemptone(p* pp, std::int64_t now) {
   m* mp = pp->curm.load(std::memory_order_relaxed);
   if (!mp) return;
   g* gp = mp->curg.load(std::memory_order_relaxed);
   if (!gp) return;
-  preempt_request(mp, gp);
+  const bool timer_just_fired =
+      pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == pp->sysmon_schedtick &&
+      pp->sysmon_timer_when <= now && now - pp->sysmon_timer_when < timer_preempt_ns;
+  preempt_request(mp, gp, !timer_just_fired);
 }
 
 // The first running P whose goroutine (or inherited time slice) has run for
@@ -158,7 +163,7 @@ void run_polled_soon(std::int64_t now) {
   if (sched->npidle.load(std::memory_order_relaxed) != 0) return;
   if (p* pp = computing_p(now)) {
     pp->global_first.store(true, std::memory_order_relaxed);
-    preemptone(pp);
+    preemptone(pp, now);
   }
 }
 
@@ -216,17 +221,17 @@ int retake(std::int64_t now, std::int64_t prev_look, std::int64_t* next_deadline
         pp->sysmon_schedwhen = left_idle > prev_look ? left_idle : now;
         disarm_preempt_timer(pp);  // armed for a slice that has ended
       } else if (pp->sysmon_schedwhen + sched->quantum_ns <= now) {
-        preemptone(pp);
+        preemptone(pp, now);
         // Ask again one quantum later if it keeps running.
         pp->sysmon_schedwhen = now;
       } else if (std::int64_t when = pp->timers.earliest();
                  when != 0 && when <= now && pp->sysmon_schedwhen + timer_preempt_ns <= now) {
-        preemptone(pp);
+        preemptone(pp, now);
       } else if (netpoll_overdue(pp, now, timer_preempt_ns) &&
                  pp->sysmon_schedwhen + timer_preempt_ns <= now) {
         // I/O held by a goroutine that computes: the same rule as a due
         // timer ("Busy Ps" in netpoll.cpp).
-        preemptone(pp);
+        preemptone(pp, now);
       } else if (sched->async_preempt) {
         // Seen twice: see "Preemption timers".
         if (m* mp = pp->curm.load(std::memory_order_relaxed)) {
