@@ -243,7 +243,8 @@ struct m {
   platform::thread_timer preempt_timer;
   bool preempt_timer_failed = false;  // the kernel refused to create it; sysmon
   // Set (seq_cst) before every arming; cleared by whoever disarms it first,
-  // sysmon or this M entering a blocking call, and by its firing.
+  // sysmon or this M entering a blocking call, and by the handler when it
+  // takes the timer's signal.
   std::atomic<bool> preempt_timer_armed{false};
   // What the armed timer is for, read by the handler when it fires: the
   // slice (slice_key: the P and its schedtick) and the time it is due; sysmon

@@ -2,7 +2,8 @@
 //
 // A thread of its own, without a P, that watches the Ps:
 //  - a P whose goroutine has run for longer than the quantum on one schedtick
-//    gets a preemption request (preemptone);
+//    gets a preemption request (preemptone), made on time by a kernel timer
+//    that sysmon arms for it (see "Preemption timers");
 //  - a P whose M has been in a blocking call for more than one sysmon tick is
 //    retaken and handed to another M when there is work for it (retake);
 //  - every schedtrace interval it prints Go's SCHED line.
@@ -45,9 +46,10 @@ constexpr std::int64_t timer_preempt_ns = 1'000'000;
 // raises SIGURG on that thread itself, with no other thread needing a CPU;
 // the handler checks that the slice still runs and is due
 // (m::preempt_timer_slice and _when) and makes sysmon's request itself.
-// sysmon still looks at the deadline, and signals only if no timer fired for
-// the slice (none armed: the kernel refused one, an emulator without
-// SIGEV_THREAD_ID; or it was disarmed).
+// sysmon still looks at the deadline: within timer_preempt_ns of the
+// timer's time it leaves the request to the timer (preemptone), later it
+// signals as before, and where no timer could be armed (the kernel refused
+// one: out of timers, an emulator without SIGEV_THREAD_ID) it always does.
 //
 // A goroutine inside a blocking call is never signalled, so a timer armed for
 // its slice must be disarmed first. enter_blocking_call stores the P's status
