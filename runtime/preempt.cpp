@@ -35,6 +35,7 @@
 
 #include "arch/preempt.hpp"
 #include "platform/clock.hpp"
+#include "platform/cpu.hpp"
 #include "runtime/runtime2.hpp"
 #include "runtime/sched_internal.hpp"
 
@@ -136,9 +137,12 @@ void sigurg_handler(int, siginfo_t* info, void* ctx) {
   // The preemption timer's signal taken: sysmon may arm it again (see
   // "Preemption timers" in sysmon.cpp). Unless the timer has been re-armed
   // for later since this signal was raised (older kernels deliver it still).
-  if (from_timer &&
-      platform::nanotime() >= mp->preempt_timer_when.load(std::memory_order_relaxed)) {
-    mp->preempt_timer_armed.store(false, std::memory_order_relaxed);
+  if (from_timer) {
+    std::uint64_t gen = mp->preempt_timer_armed.load(std::memory_order_acquire);
+    if (gen != 0 &&
+        platform::nanotime() >= mp->preempt_timer_when.load(std::memory_order_relaxed)) {
+      mp->preempt_timer_armed.compare_exchange_strong(gen, 0, std::memory_order_relaxed);
+    }
   }
   // Step 3: the goroutine asks to be resumed where it was interrupted. (A
   // timer's signal that merged with the resume signal is lost: sysmon's own
@@ -170,6 +174,8 @@ void sigurg_handler(int, siginfo_t* info, void* ctx) {
   g* gp = mp->curg.load(std::memory_order_relaxed);
   if (from_timer && gp && sched && sched->async_preempt && preempt_timer_due(mp)) {
     // The request sysmon would make at the deadline, made on time.
+    mp->preempt_timer_fired.store(mp->preempt_timer_slice.load(std::memory_order_relaxed),
+                                  std::memory_order_relaxed);
     if (!gp->preempt.exchange(true, std::memory_order_relaxed)) {
       sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
     }
@@ -230,12 +236,35 @@ void preempt_init() {
 
 namespace {
 
+// Signals and blocking calls
+// --------------------------
+// A goroutine inside blocking(f) is never signalled: a signal there would cut
+// short a call that SA_RESTART does not restart (nanosleep, poll, epoll_wait)
+// with EINTR. Checking that the goroutine runs and then sending leaves a
+// window in which it enters the call (Go has it; seen here about once in a
+// hundred runs of a test making twenty calls beside a hog, once preemption
+// timers made sysmon look just as the hog stopped and the caller started).
+// So the sender claims m::signal_pending (seq_cst) before it checks the
+// goroutine's status (seq_cst), and enter_blocking_call stores that status
+// (seq_cst) before it loads signal_pending: either the sender sees the call
+// and sends nothing, or the M sees the claim and waits, before the call, for
+// the handler to take the signal (preempt_signal_drain). The wait is short:
+// the M is running, and the signal interrupts it at once. It gives up after
+// 100 us, for a thread that has SIGURG blocked (then no signal can cut the
+// call short either).
+
 // Sends SIGURG to mp's thread, unless asynchronous preemption is off
 // (asyncpreemptoff promises no preemption signals at all), the M has no
-// thread yet, or a signal is already in flight to it; true if sent.
-bool signal_m(m* mp) {
+// thread yet, or a signal is already in flight to it; and, for a request to
+// gp, only while gp is running (see "Signals and blocking calls"). True if
+// sent.
+bool signal_m(m* mp, const g* gp) {
   if (!sched->async_preempt || mp->tid == 0) return false;
-  if (mp->signal_pending.exchange(true, std::memory_order_relaxed)) return false;
+  if (mp->signal_pending.exchange(true, std::memory_order_seq_cst)) return false;
+  if (gp && gp->status.load(std::memory_order_seq_cst) != gstatus::running) {
+    mp->signal_pending.store(false, std::memory_order_relaxed);  // never a blocking call
+    return false;
+  }
   syscall(SYS_tgkill, getpid(), mp->tid, SIGURG);
   return true;
 }
@@ -245,16 +274,22 @@ bool signal_m(m* mp) {
 void preempt_request(m* mp, g* gp, bool signal) {
   gp->preempt.store(true, std::memory_order_relaxed);
   sched->preempt_requests.fetch_add(1, std::memory_order_relaxed);
-  if (gp->status.load(std::memory_order_relaxed) != gstatus::running)
-    return;  // never a blocking call
-  if (signal && signal_m(mp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
+  if (signal && signal_m(mp, gp)) g_signals_sent.fetch_add(1, std::memory_order_relaxed);
+}
+
+void preempt_signal_drain(m* mp) {
+  if (!mp->signal_pending.load(std::memory_order_seq_cst)) return;
+  const std::int64_t give_up = platform::nanotime() + 100'000;
+  while (mp->signal_pending.load(std::memory_order_relaxed) && platform::nanotime() < give_up) {
+    platform::procyield(10);
+  }
 }
 
 // Without asynchronous preemption the task work waits for the thread's next
 // kernel entry (its timer tick at worst). Not counted in preempt_signals: it
 // asks nothing of the goroutine.
 void preempt_kick(m* mp) {
-  signal_m(mp);
+  signal_m(mp, nullptr);
 }
 
 void preempt_deferred_now(std::uintptr_t caller_pc) {

@@ -535,14 +535,17 @@ __attribute__((always_inline)) inline static void prepare_execute(m* mp, p* pp, 
     URGE_TRACE_EVENT_M(mp, go_start, gp->goid, pp->id);
   }
   if (__builtin_expect(gp->ctx.sp == nullptr, 0)) bind_stack(pp, gp);  // its first run
+  // The new tick first: a preemption timer of the previous slice that fires
+  // from here on finds another slice, and leaves gp alone.
+  if (!inherit) {
+    pp->schedtick++;
+    pp->schedtick_pub.store(pp->schedtick, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
   gp->status.store(gstatus::running, std::memory_order_relaxed);
   gp->curm = mp;
   gp->preempt.store(false, std::memory_order_relaxed);
   mp->curg.store(gp, std::memory_order_relaxed);
-  if (!inherit) {
-    pp->schedtick++;
-    pp->schedtick_pub.store(pp->schedtick, std::memory_order_relaxed);
-  }
 }
 
 // The cheap part of schedule(): the global queue every 61st tick (so that a
@@ -1582,7 +1585,8 @@ void enter_blocking_call() {
   m* mp = gp->curm;
   p* pp = mp->curp;
   URGE_TRACE_EVENT(syscall_enter, gp->goid, pp->id);
-  gp->status.store(gstatus::syscall, std::memory_order_release);
+  // seq_cst: see "Signals and blocking calls" in preempt.cpp.
+  gp->status.store(gstatus::syscall, std::memory_order_seq_cst);
   pp->syscalltick.fetch_add(1, std::memory_order_relaxed);
   mp->oldp = pp;
   releasep(mp);
@@ -1591,10 +1595,11 @@ void enter_blocking_call() {
   // seq_cst, and then the preemption timer: the call must not be signalled
   // (see "Preemption timers" in sysmon.cpp).
   pp->status.store(pstatus::syscall, std::memory_order_seq_cst);
-  if (mp->preempt_timer_armed.load(std::memory_order_seq_cst) &&
-      mp->preempt_timer_armed.exchange(false, std::memory_order_relaxed)) {
+  if (mp->preempt_timer_armed.load(std::memory_order_seq_cst) != 0 &&
+      mp->preempt_timer_armed.exchange(0, std::memory_order_relaxed) != 0) {
     mp->preempt_timer.disarm();
   }
+  preempt_signal_drain(mp);
   if (sched->sysmon_wait.load(std::memory_order_acquire)) {
     std::lock_guard lock(sched->lock);
     if (sched->sysmon_wait.load(std::memory_order_relaxed)) {

@@ -241,16 +241,21 @@ struct m {
   // here when sysmon could be late; see "Preemption timers" in sysmon.cpp.
   // Created, armed and deleted by sysmon (deleted once sysmon has stopped).
   platform::thread_timer preempt_timer;
-  bool preempt_timer_failed = false;  // the kernel refused to create it; sysmon
-  // Set (seq_cst) before every arming; cleared by whoever disarms it first,
-  // sysmon or this M entering a blocking call, and by the handler when it
-  // takes the timer's signal.
-  std::atomic<bool> preempt_timer_armed{false};
+  bool preempt_timer_failed = false;    // the kernel refused to create it; sysmon
+  std::uint64_t preempt_timer_gen = 0;  // armings so far; sysmon
+  // The generation of the arming in force, or 0: set (seq_cst) before every
+  // arming; cleared by whoever disarms it first, sysmon or this M entering a
+  // blocking call, and by the handler when it takes the timer's signal (by
+  // compare-and-swap, so that a late signal never clears a newer arming).
+  std::atomic<std::uint64_t> preempt_timer_armed{0};
   // What the armed timer is for, read by the handler when it fires: the
   // slice (slice_key: the P and its schedtick) and the time it is due; sysmon
   // writes both before arming.
   std::atomic<std::uint64_t> preempt_timer_slice{0};
   std::atomic<std::int64_t> preempt_timer_when{0};
+  // The slice the timer's signal last made a request for; the handler
+  // writes, sysmon reads (it does not signal again right after).
+  std::atomic<std::uint64_t> preempt_timer_fired{0};
 };
 
 // The preempt_timer_slice of P id's slice `schedtick`.
@@ -365,6 +370,7 @@ struct schedt {
   std::atomic<std::uint64_t> handoffs{0};
   std::atomic<std::uint64_t> lockedhandoffs{0};  // Ps handed to Ms for their stopped goroutines
   std::atomic<std::uint64_t> preempt_requests{0};
+  int preempt_timers = 0;  // created by sysmon in this run (see arm_preempt_timer); sysmon
   std::atomic<std::uint64_t> threads_created{0};
 };
 

@@ -57,9 +57,11 @@ constexpr std::int64_t timer_preempt_ns = 1'000'000;
 // sets that flag (seq_cst) before arming and loads the P's status after. If
 // that load sees the call, sysmon disarms. If it does not, it came before the
 // M's store, hence before the M's load of the flag: the M sees the flag and
-// disarms, after the arming. No interleaving leaves the timer armed in the
-// call. A timer whose slice ended otherwise is disarmed at sysmon's next look;
-// one that fires before that finds another slice (or the M idle) and does
+// disarms, after the arming. But a call entered and left before that load
+// leaves the P as it was, and the M's disarm may have come before the
+// arming: so sysmon loads the flag again too, and disarms if the M took it.
+// No interleaving leaves the timer armed in a call. A timer whose slice ended otherwise is disarmed
+// at sysmon's next look; one that fires before that finds another slice (or the M idle) and does
 // nothing.
 //
 // A timer that has fired is left alone until its signal has been taken (the
@@ -91,40 +93,52 @@ void disarm_preempt_timer(p* pp) {
   m* mp = pp->sysmon_timer_m;
   if (!mp) return;
   pp->sysmon_timer_m = nullptr;
-  if (mp->preempt_timer_armed.exchange(false, std::memory_order_relaxed)) {
+  if (mp->preempt_timer_armed.exchange(0, std::memory_order_relaxed) != 0) {
     mp->preempt_timer.disarm();
   }
+}
+
+// Preemption timers in force at once, at most: a timer for each P, and some
+// for Ms that held one and moved on (qemu-user has 32 for the whole process).
+int max_preempt_timers() {
+  return sched->gomaxprocs + 4;
 }
 
 // Arms mp's timer for pp's slice `tick`, due at `when`, unless it already is.
 void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t now, std::int64_t when) {
   if (pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == tick &&
-      mp->preempt_timer_armed.load(std::memory_order_relaxed) &&
+      mp->preempt_timer_armed.load(std::memory_order_relaxed) != 0 &&
       (pp->sysmon_timer_when == when || pp->sysmon_timer_when <= now)) {
     return;  // armed as wanted, or fired and its signal not yet taken
   }
   disarm_preempt_timer(pp);
   if (!mp->preempt_timer.created()) {
     if (mp->preempt_timer_failed || mp->tid == 0) return;
+    if (sched->preempt_timers >= max_preempt_timers()) return;  // sysmon's own signals
     if (!mp->preempt_timer.create(mp->tid, SIGURG)) {
       mp->preempt_timer_failed = true;  // sysmon's own signals do the job
       return;
     }
+    sched->preempt_timers++;
   }
+  const std::uint64_t gen = ++mp->preempt_timer_gen;
   mp->preempt_timer_slice.store(slice_key(pp->id, tick), std::memory_order_relaxed);
   mp->preempt_timer_when.store(when, std::memory_order_relaxed);
-  mp->preempt_timer_armed.store(true, std::memory_order_seq_cst);
+  mp->preempt_timer_armed.store(gen, std::memory_order_seq_cst);
   mp->preempt_timer.arm_at(when);
   pp->sysmon_timer_m = mp;
   pp->sysmon_timer_tick = tick;
   pp->sysmon_timer_when = when;
-  // The M may have entered a blocking call, or left the P, since the look:
-  // see "Preemption timers".
+  // The M may have entered a blocking call, or left the P, since the look,
+  // or entered a call and come back (its disarm, seeing our flag, may have
+  // come before arm_at): see "Preemption timers".
   if (pp->status.load(std::memory_order_seq_cst) != pstatus::running ||
+      mp->preempt_timer_armed.load(std::memory_order_seq_cst) != gen ||
       pp->curm.load(std::memory_order_relaxed) != mp ||
       pp->schedtick_pub.load(std::memory_order_relaxed) != tick) {
     pp->sysmon_timer_m = nullptr;
-    mp->preempt_timer_armed.store(false, std::memory_order_relaxed);
+    std::uint64_t expect = gen;
+    mp->preempt_timer_armed.compare_exchange_strong(expect, 0, std::memory_order_relaxed);
     mp->preempt_timer.disarm();
   }
 }
@@ -132,18 +146,23 @@ void arm_preempt_timer(p* pp, m* mp, std::uint32_t tick, std::int64_t now, std::
 // Asks the goroutine running on pp to stop: by flag at its next scheduling
 // point, and by signal where asynchronous preemption is on (preempt.cpp),
 // unless the preemption timer of this slice fired less than
-// timer_preempt_ns ago: its signal has stopped the goroutine or is on its
-// way (sysmon, waking at the same deadline, often looks while the handler
-// runs), and a second one would only interrupt the stop. Later looks signal.
+// timer_preempt_ns ago and its signal has made the request or is on its way
+// (sysmon, waking at the same deadline, often looks while the handler runs):
+// a second one would only interrupt the stop. Later looks signal.
 void preemptone(p* pp, std::int64_t now) {
   m* mp = pp->curm.load(std::memory_order_relaxed);
   if (!mp) return;
   g* gp = mp->curg.load(std::memory_order_relaxed);
   if (!gp) return;
-  const bool timer_just_fired =
-      pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == pp->sysmon_schedtick &&
-      pp->sysmon_timer_when <= now && now - pp->sysmon_timer_when < timer_preempt_ns;
-  preempt_request(mp, gp, !timer_just_fired);
+  const std::uint32_t tick = pp->schedtick_pub.load(std::memory_order_relaxed);
+  const bool timer_recent = pp->sysmon_timer_m == mp && pp->sysmon_timer_tick == tick &&
+                            pp->sysmon_timer_when <= now &&
+                            now - pp->sysmon_timer_when < timer_preempt_ns;
+  const bool timer_did =
+      timer_recent &&
+      (mp->preempt_timer_armed.load(std::memory_order_relaxed) != 0 ||  // raised, not yet taken
+       mp->preempt_timer_fired.load(std::memory_order_relaxed) == slice_key(pp->id, tick));
+  preempt_request(mp, gp, !timer_did);
 }
 
 // The first running P whose goroutine (or inherited time slice) has run for
