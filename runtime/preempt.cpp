@@ -108,15 +108,12 @@ constexpr std::size_t park_reserve = 48 * 1024;
 constexpr std::size_t park_reserve = 12 * 1024;
 #endif
 
-// A preemption timer's signal: true if the slice it was armed for still runs
-// on this M and is due (not a timer of a slice that has ended, or one that
-// sysmon re-armed for later while this one was being raised).
-bool preempt_timer_due(m* mp) {
+// A due preemption timer's signal: true if the slice it was armed for still
+// runs on this M (not a timer of a slice that has ended).
+bool preempt_timer_slice_runs(const m* mp) {
   const p* pp = mp->curp;
-  return pp &&
-         mp->preempt_timer_slice.load(std::memory_order_relaxed) ==
-             slice_key(pp->id, pp->schedtick) &&
-         platform::nanotime() >= mp->preempt_timer_when.load(std::memory_order_relaxed);
+  return pp && mp->preempt_timer_slice.load(std::memory_order_relaxed) ==
+                   slice_key(pp->id, pp->schedtick);
 }
 
 void sigurg_handler(int, siginfo_t* info, void* ctx) {
@@ -133,14 +130,15 @@ void sigurg_handler(int, siginfo_t* info, void* ctx) {
   // only in step 2, it would stay set, and sysmon would never signal this M
   // again.
   mp->signal_pending.store(false, std::memory_order_relaxed);
-  const bool from_timer = info && info->si_code == SI_TIMER;
-  // The preemption timer's signal taken: sysmon may arm it again (see
-  // "Preemption timers" in sysmon.cpp). Unless the timer has been re-armed
-  // for later since this signal was raised (older kernels deliver it still).
-  if (from_timer) {
+  // A preemption timer's signal, due: not one of an arming that sysmon has
+  // replaced with a later one since it was raised (older kernels deliver it
+  // still). Taken: sysmon may arm the timer again (see "Preemption timers"
+  // in sysmon.cpp).
+  bool timer_due = false;
+  if (info && info->si_code == SI_TIMER) {
     std::uint64_t gen = mp->preempt_timer_armed.load(std::memory_order_acquire);
-    if (gen != 0 &&
-        platform::nanotime() >= mp->preempt_timer_when.load(std::memory_order_relaxed)) {
+    timer_due = platform::nanotime() >= mp->preempt_timer_when.load(std::memory_order_relaxed);
+    if (gen != 0 && timer_due) {
       mp->preempt_timer_armed.compare_exchange_strong(gen, 0, std::memory_order_relaxed);
     }
   }
@@ -172,7 +170,7 @@ void sigurg_handler(int, siginfo_t* info, void* ctx) {
   }
   // Step 2: a preemption request.
   g* gp = mp->curg.load(std::memory_order_relaxed);
-  if (from_timer && gp && sched && sched->async_preempt && preempt_timer_due(mp)) {
+  if (timer_due && gp && sched && sched->async_preempt && preempt_timer_slice_runs(mp)) {
     // The request sysmon would make at the deadline, made on time.
     mp->preempt_timer_fired.store(mp->preempt_timer_slice.load(std::memory_order_relaxed),
                                   std::memory_order_relaxed);
@@ -246,12 +244,12 @@ namespace {
 // timers made sysmon look just as the hog stopped and the caller started).
 // So the sender claims m::signal_pending (seq_cst) before it checks the
 // goroutine's status (seq_cst), and enter_blocking_call stores that status
-// (seq_cst) before it loads signal_pending: either the sender sees the call
-// and sends nothing, or the M sees the claim and waits, before the call, for
-// the handler to take the signal (preempt_signal_drain). The wait is short:
-// the M is running, and the signal interrupts it at once. It gives up after
-// 100 us, for a thread that has SIGURG blocked (then no signal can cut the
-// call short either).
+// and, after a seq_cst fence, loads signal_pending: either the sender sees
+// the call and sends nothing, or the M sees the claim and waits, before the
+// call, for the handler to take the signal (preempt_signal_drain). The wait
+// is short: the M is running, and the signal interrupts it at once. It gives
+// up after 100 us, for a thread that has SIGURG blocked (then no signal can
+// cut the call short either).
 
 // Sends SIGURG to mp's thread, unless asynchronous preemption is off
 // (asyncpreemptoff promises no preemption signals at all), the M has no
@@ -278,7 +276,6 @@ void preempt_request(m* mp, g* gp, bool signal) {
 }
 
 void preempt_signal_drain(m* mp) {
-  if (!mp->signal_pending.load(std::memory_order_seq_cst)) return;
   const std::int64_t give_up = platform::nanotime() + 100'000;
   while (mp->signal_pending.load(std::memory_order_relaxed) && platform::nanotime() < give_up) {
     platform::procyield(10);

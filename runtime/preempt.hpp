@@ -63,9 +63,10 @@ void preempt_init();
 // raised one), by signal (at most one in flight per M).
 void preempt_request(m* mp, g* gp, bool signal = true);
 
-// enter_blocking_call, once the goroutine's status says so: waits until a
-// request signal sent while it still ran has been taken, so that it does not
-// land in the call (see "Signals and blocking calls" in preempt.cpp).
+// enter_blocking_call, finding a signal in flight once the goroutine's status
+// says so: waits until it has been taken (a request sent while the goroutine
+// still ran), so that it does not land in the call (see "Signals and blocking
+// calls" in preempt.cpp).
 void preempt_signal_drain(m* mp);
 
 // sysmon: makes mp's thread enter the kernel and come back, without asking

@@ -1585,21 +1585,23 @@ void enter_blocking_call() {
   m* mp = gp->curm;
   p* pp = mp->curp;
   URGE_TRACE_EVENT(syscall_enter, gp->goid, pp->id);
-  // seq_cst: see "Signals and blocking calls" in preempt.cpp.
-  gp->status.store(gstatus::syscall, std::memory_order_seq_cst);
+  gp->status.store(gstatus::syscall, std::memory_order_release);
   pp->syscalltick.fetch_add(1, std::memory_order_relaxed);
   mp->oldp = pp;
   releasep(mp);
   // The P stays attached in spirit (status syscall) so that a quick call can
   // take it back without any lock; sysmon retakes it if the call lasts.
-  // seq_cst, and then the preemption timer: the call must not be signalled
-  // (see "Preemption timers" in sysmon.cpp).
-  pp->status.store(pstatus::syscall, std::memory_order_seq_cst);
-  if (mp->preempt_timer_armed.load(std::memory_order_seq_cst) != 0 &&
+  pp->status.store(pstatus::syscall, std::memory_order_release);
+  // The call must not be signalled. One fence orders both statuses before
+  // the loads of the preemption timer's flag and of a signal in flight (see
+  // "Preemption timers" in sysmon.cpp, "Signals and blocking calls" in
+  // preempt.cpp); both are rarely set.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (mp->preempt_timer_armed.load(std::memory_order_relaxed) != 0 &&
       mp->preempt_timer_armed.exchange(0, std::memory_order_relaxed) != 0) {
     mp->preempt_timer.disarm();
   }
-  preempt_signal_drain(mp);
+  if (mp->signal_pending.load(std::memory_order_relaxed)) preempt_signal_drain(mp);
   if (sched->sysmon_wait.load(std::memory_order_acquire)) {
     std::lock_guard lock(sched->lock);
     if (sched->sysmon_wait.load(std::memory_order_relaxed)) {

@@ -53,16 +53,16 @@ constexpr std::int64_t timer_preempt_ns = 1'000'000;
 //
 // A goroutine inside a blocking call is never signalled, so a timer armed for
 // its slice must be disarmed first. enter_blocking_call stores the P's status
-// (seq_cst), then disarms the timer if m::preempt_timer_armed is set; sysmon
-// sets that flag (seq_cst) before arming and loads the P's status after. If
-// that load sees the call, sysmon disarms. If it does not, it came before the
-// M's store, hence before the M's load of the flag: the M sees the flag and
-// disarms, after the arming. But a call entered and left before that load
-// leaves the P as it was, and the M's disarm may have come before the
-// arming: so sysmon loads the flag again too, and disarms if the M took it.
-// No interleaving leaves the timer armed in a call. A timer whose slice ended otherwise is disarmed
-// at sysmon's next look; one that fires before that finds another slice (or the M idle) and does
-// nothing.
+// and, after a seq_cst fence, disarms the timer if m::preempt_timer_armed is
+// set; sysmon sets that flag (seq_cst) before arming and loads the P's status
+// (seq_cst) after. If that load sees the call, sysmon disarms. If it does
+// not, it came before the M's fence, hence before the M's load of the flag:
+// the M sees the flag and disarms, after the arming. But a call entered and
+// left before that load leaves the P as it was, and the M's disarm may have
+// come before the arming: so sysmon loads the flag again too, and disarms if
+// the M took it. No interleaving leaves the timer armed in a call. A timer
+// whose slice ended otherwise is disarmed at sysmon's next look; one that
+// fires before that finds another slice (or the M idle) and does nothing.
 //
 // A timer that has fired is left alone until its signal has been taken (the
 // handler clears m::preempt_timer_armed): its thread may be off the CPU, or
